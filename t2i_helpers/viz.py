@@ -1,0 +1,149 @@
+"""Figures: one style, one save helper (PNG for slides and notebooks, vector PDF for the thesis).
+
+Every figure in the course goes through :func:`save_figure`, so a thesis author can paste them
+directly and they all look alike.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .config import figures_dir
+
+STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 200,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "image.interpolation": "nearest",
+    "pdf.fonttype": 42,  # embed TrueType: text stays selectable/editable in the PDF
+}
+
+
+def use_style() -> None:
+    """Apply the course's matplotlib style (called on import, safe to call again)."""
+    matplotlib.rcParams.update(STYLE)
+
+
+use_style()
+
+
+def _atomic_savefig(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip("."))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf`` (default :func:`config.figures_dir`)."""
+    out = Path(out_dir) if out_dir is not None else figures_dir()
+    png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+    _atomic_savefig(fig, png)
+    _atomic_savefig(fig, pdf)
+    return png, pdf
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float images [B,3,H,W] -> uint8 [B,H,W,3]."""
+    images = images.detach().float().cpu().clamp(-1, 1)
+    return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
+    """Tile a batch into one uint8 image [H', W', 3]; accepts [-1,1] tensors or uint8 [B,H,W,3] arrays."""
+    arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"image_grid expects [B,H,W,3] uint8 or [B,3,H,W] tensors, got shape {arr.shape}")
+    b, h, w, _ = arr.shape
+    nrow = max(1, min(nrow, b))
+    ncol = (b + nrow - 1) // nrow
+    grid = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, 3), dtype=np.uint8)
+    for i in range(b):
+        r, c = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = arr[i]
+    return grid
+
+
+def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int = 8) -> Path:
+    """Write a sample grid as a PNG (atomically), e.g. for the CLI's ``sample --out grid.png``."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        Image.fromarray(image_grid(images, nrow=nrow)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def show_images(
+    images: torch.Tensor | np.ndarray,
+    captions: Sequence[str] | None = None,
+    nrow: int = 8,
+    title: str | None = None,
+    size: float = 1.3,
+) -> plt.Figure:
+    """One image per panel, with its caption wrapped underneath; returns the figure."""
+    arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+    b = arr.shape[0]
+    ncols = max(1, min(nrow, b))
+    nrows = (b + ncols - 1) // ncols
+    extra = 0.45 if captions is not None else 0.0
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + extra) * nrows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < b:
+            ax.imshow(arr[i])
+            if captions is not None:
+                ax.set_title("\n".join(textwrap.wrap(captions[i], 18)[:3]), fontsize=6.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(
+    xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str | None = None,
+    logy: bool = False,
+) -> plt.Figure:
+    """Line plot of several named series against one x axis (loss curves, sweeps)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for name, ys in series.items():
+        ax.plot(xs[: len(ys)], ys, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if logy:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    return fig
