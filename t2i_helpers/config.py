@@ -26,7 +26,9 @@ def pick(full: T, smoke_value: T) -> T:
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PROJECT_ROOT = PACKAGE_DIR.parent
+# A git checkout (editable install) keeps data/, runs/ and figures/ beside the package; a plain pip
+# install (Colab) has no checkout, so they go under the current folder instead of site-packages.
+PROJECT_ROOT = PACKAGE_DIR.parent if (PACKAGE_DIR.parent / "pyproject.toml").exists() else Path.cwd()
 
 
 def data_dir() -> Path:

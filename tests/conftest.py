@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Generated data, caches, runs and figures of the test session go to a temp folder, never into the repo.
+_TMP = Path(tempfile.mkdtemp(prefix="t2i-tests-"))
+for _name in ("T2I_DATA", "T2I_RUNS", "T2I_FIGURES"):
+    os.environ.setdefault(_name, str(_TMP / _name.lower()))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,192 @@
+"""``python -m t2i_helpers COMMAND``: the same functions the notebooks call, for long runs outside them.
+
+Every command prints a result a person can read (or one JSON object with ``--json``); a problem with
+the input ends with one line ``error: ...`` and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import T2IError
+
+
+def _cmd_make_shapes(args: argparse.Namespace) -> None:
+    from .data.shapes import ShapesConfig, make_shapes
+
+    paths = make_shapes(args.out, ShapesConfig(images=args.images, image_size=args.size, seed=args.seed))
+    print(f"shapes: {args.images} images at {args.size}px (seed {args.seed})")
+    print(f"  images: {paths.images_dir}")
+    print(f"  train:  {paths.train_json}")
+    print(f"  val:    {paths.val_json}")
+
+
+def _cmd_inspect(args: argparse.Namespace) -> None:
+    from .data.coco import inspect_dataset
+
+    stats = inspect_dataset(args.image_root, args.annotations)
+    print(json.dumps(stats.to_dict(), indent=2) if args.json else stats.format())
+
+
+def _cmd_download_coco(args: argparse.Namespace) -> None:
+    from .data.download import download_coco
+
+    result = download_coco(args.dest, split=args.split, max_images=args.max_images)
+    print(result)
+
+
+def _train_config(args: argparse.Namespace):
+    from .train import TrainConfig
+
+    config = TrainConfig()
+    for name in ("steps", "batch_size", "lr", "seed", "device", "precision", "checkpoint_every", "sample_every",
+                 "text_model"):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(config, name, value)
+    if args.no_progress:
+        config.progress = False
+    if args.compile:
+        config.compile = True
+    return config
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    image_root, ann_file = args.data
+    result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
+    print(f"trained {args.model} to step {result.step}: {losses}; {result.images_per_s:.0f} images/s")
+    print(f"run folder: {result.run_dir}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from .train import load_run
+    from .viz import save_grid
+
+    run = load_run(args.run, device=args.device)
+    options = {k: v for k, v in (("guidance", args.guidance), ("steps", args.steps)) if v is not None}
+    images = run.generate([args.caption] * args.n, seed=args.seed, **options)
+    path = save_grid(images, args.out, nrow=min(args.n, 8))
+    print(f"{args.n} samples of {run.family} (step {run.step}, EMA weights) for {args.caption!r} -> {path}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .metrics import evaluate_run, format_report
+
+    image_root, ann_file = args.data
+    report = evaluate_run(args.run, image_root, ann_file, n=args.n, fid=args.fid,
+                          inception_weights=args.inception_weights, seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from . import bench
+
+    if args.what == "data":
+        result = bench.bench_data()
+    elif args.what == "train":
+        result = bench.bench_train(args.model, steps=args.steps, batch_size=args.batch_size)
+    else:
+        from .metrics import bench_eval
+
+        result = bench_eval()
+    print(json.dumps(result, indent=2))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(model=args.model, steps=args.steps)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m t2i_helpers", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-shapes", help="write the Shapes benchmark (COCO captions format)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--images", type=int, required=True, help="images in train + val together")
+    p.add_argument("--size", type=int, default=64, help="canvas side in pixels (32..256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_shapes)
+
+    p = sub.add_parser("inspect", help="statistics of a COCO-format caption dataset")
+    p.add_argument("image_root", type=Path)
+    p.add_argument("annotations", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("download-coco", help="download COCO 2017 captions and images (needs the internet)")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--split", default="val2017", choices=["train2017", "val2017"])
+    p.add_argument("--max-images", type=int, default=None, help="only the first N images of the split")
+    p.set_defaults(func=_cmd_download_coco)
+
+    p = sub.add_parser("train", help="train a model (baseline, gan, diffusion)")
+    p.add_argument("--model", required=True, choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"))
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--steps", type=int, help="the run's total number of steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--text-model", help="BERT name or folder (default all-MiniLM-L6-v2, offline)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt up to --steps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample a grid of images for a caption from a run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--caption", required=True)
+    p.add_argument("-n", type=int, default=8)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
+    p.add_argument("--steps", type=int, help="DDIM steps (diffusion)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("evaluate", help="FID (or proxy), attribute accuracy and R-precision of a run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"))
+    p.add_argument("--n", type=int, default=1000, help="generated images to score")
+    p.add_argument("--fid", choices=["inception", "proxy"], default="inception")
+    p.add_argument("--inception-weights", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("bench", help="speed benchmarks, printed as JSON")
+    p.add_argument("what", choices=["data", "train", "eval"])
+    p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")
+    p.add_argument("--model", default="baseline", choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--steps", type=int, default=None)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except T2IError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,188 @@
+"""The training engine: run folder, checkpoints (safe to load, atomic), exact resume, NaN stop, DDP."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i_helpers.errors import TrainingError
+from t2i_helpers.models.baseline import BaselineConfig, TextToImageModel
+from t2i_helpers.train import EMA, TrainConfig, load_run, read_metrics, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> tuple[Path, Path]:
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+
+    paths = make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=60, image_size=32, seed=3))
+    return paths.images_dir, paths.train_json
+
+
+def _config(**overrides) -> TrainConfig:
+    values = dict(steps=6, batch_size=8, warmup_steps=0, checkpoint_every=0, sample_every=0, log_every=1,
+                  progress=False, device="cpu", seed=0, sample_captions=4)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    return {**{f"model.{k}": v for k, v in ckpt["model"].items()}, **{f"ema.{k}": v for k, v in ckpt["ema"].items()}}
+
+
+def test_run_folder_holds_config_metrics_samples_and_a_safe_checkpoint(shapes, tmp_path):
+    result = train("baseline", *shapes, tmp_path / "run", _config(), model_config=TINY)
+    run = tmp_path / "run"
+    assert result.step == 6
+    config = json.loads((run / "config.json").read_text())
+    assert config["family"] == "baseline" and config["model"]["image_size"] == 32
+    metrics = read_metrics(run)
+    assert metrics["step"] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "images_per_s"} <= set(metrics)
+    assert (run / "samples" / "step_0000006.png").exists()
+    ckpt = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)  # must not need pickle
+    assert ckpt["step"] == 6 and set(ckpt) >= {"model", "ema", "optimizers", "scaler", "rng", "loader", "config"}
+
+
+def test_captions_are_encoded_once_then_read_from_the_cache(shapes, tmp_path):
+    first = train("baseline", *shapes, tmp_path / "a", _config(steps=1), model_config=TINY)
+    second = train("baseline", *shapes, tmp_path / "b", _config(steps=1), model_config=TINY)
+    assert second.encoded == 0 and second.from_cache == first.encoded + first.from_cache > 0
+
+
+def test_resume_gives_the_same_weights_as_one_uninterrupted_run(shapes, tmp_path):
+    train("baseline", *shapes, tmp_path / "straight", _config(steps=8), model_config=TINY)
+    train("baseline", *shapes, tmp_path / "split", _config(steps=4), model_config=TINY)
+    train("baseline", *shapes, tmp_path / "split", _config(steps=8), resume=True)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_metrics(tmp_path / "split")["step"] == list(range(1, 9))
+
+
+def test_resume_after_sigkill_continues_exactly(shapes, tmp_path):
+    """A real SIGKILL mid-run; the last checkpoint loads and resuming reaches the straight run's weights."""
+    images, ann = shapes
+    env = {**os.environ, "T2I_SMOKE": "1", "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "t2i_helpers", "train", "--model", "baseline", "--data", str(images), str(ann),
+            "--batch-size", "8", "--device", "cpu", "--no-progress", "--sample-every", "0"]
+    subprocess.run(base + ["--out", str(tmp_path / "straight"), "--steps", "20", "--checkpoint-every", "10"],
+                   check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(base + ["--out", str(killed), "--steps", "100000", "--checkpoint-every", "10"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("checkpoint: step 10 "):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    step = torch.load(killed / "checkpoint.pt", map_location="cpu", weights_only=True)["step"]
+    assert step in (10, 20), step
+    print("killed at checkpoint step", step)
+    out = subprocess.run(base + ["--out", str(killed), "--steps", "20", "--resume"], check=True, env=env,
+                         capture_output=True, text=True)
+    assert f"resume: {killed} at step {step} of 20" in out.stdout
+    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(shapes, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = TextToImageModel.training_losses
+
+    def losses(self, batch, phase="main"):
+        calls["n"] += 1
+        out = original(self, batch, phase)
+        return {"loss": out["loss"] * float("nan")} if calls["n"] == 5 else out
+
+    monkeypatch.setattr(TextToImageModel, "training_losses", losses)
+    with pytest.raises(TrainingError) as info:
+        train("baseline", *shapes, tmp_path / "run", _config(steps=10, checkpoint_every=2), model_config=TINY)
+    message = str(info.value)
+    assert "\n" not in message and "nan at step 5" in message and "checkpoint.pt" in message
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_resume_without_checkpoint_and_wrong_family_are_clear_errors(shapes, tmp_path):
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train("baseline", *shapes, tmp_path / "none", _config(), resume=True)
+    train("baseline", *shapes, tmp_path / "run", _config(steps=1), model_config=TINY)
+    with pytest.raises(TrainingError, match="holds a 'baseline' run"):
+        train("gan", *shapes, tmp_path / "run", _config(steps=2), resume=True)
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(1, 301):
+        ema.update(model, step)
+    # With a fixed 0.999 decay, 0.999**300 = 74% of the initial weights would remain.
+    initial_share = (ema.model.weight - 1.0).abs().max() / (1.0 + 1.0)
+    assert initial_share < 0.05
+    assert ema.decay_at(1) < 0.2 and ema.decay_at(10**6) == 0.999
+
+
+def test_load_run_generates_with_ema_weights(shapes, tmp_path):
+    train("baseline", *shapes, tmp_path / "run", _config(steps=3), model_config=TINY)
+    run = load_run(tmp_path / "run", device="cpu")
+    images = run.generate(["a red circle", "a red circle", "a blue square"], seed=0)
+    assert images.shape == (3, 3, 32, 32)
+    assert torch.equal(images[0], images[1]) and not torch.equal(images[0], images[2])
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, ckpt["ema"][k])
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from pathlib import Path
+from t2i_helpers.models.baseline import BaselineConfig
+from t2i_helpers.train import TrainConfig, train
+images, ann, out, dump = sys.argv[1:5]
+cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=0, checkpoint_every=0, sample_every=0, progress=False,
+                  device="cpu", log_every=1)
+model_holder = {}
+import t2i_helpers.train as engine
+original = engine.build_model
+def capture(*a, **k):
+    model_holder["m"] = original(*a, **k)
+    return model_holder["m"]
+engine.build_model = capture
+train("baseline", images, ann, out, cfg, model_config=BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4))
+torch.save(model_holder["m"].state_dict(), Path(dump) / f"rank{dist.get_rank()}.pt")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_with_identical_weights(shapes, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", str(script),
+           str(shapes[0]), str(shapes[1]), str(tmp_path / "run"), str(tmp_path)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    # Only rank 0 wrote the run folder; the weights moved away from a fresh initialisation.
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert read_metrics(tmp_path / "run")["step"] == [1, 2, 3, 4]
