@@ -1,0 +1,166 @@
+"""Speed benchmarks: how fast data reaches the model, measured rather than guessed.
+
+:func:`bench_data` compares the reference's data path (decode + resize every file in every step,
+through ``CocoCaptions`` and torchvision transforms) with the cache this package trains from
+(:class:`~t2i_helpers.data.cache.CachedLoader`), and times the frozen text encoder, the one-off cost
+the cache removes from every step. Functions here return dicts and print nothing; the CLI
+(``python -m t2i_helpers bench data``) prints the JSON.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(eq=False)
+class _RandomTable:
+    """Stand-in caption table (random vectors) so the loader benchmark needs no text model."""
+
+    pooled: torch.Tensor
+    tokens: torch.Tensor | None
+    mask: torch.Tensor | None
+    captions: list[str]
+    model_name: str = "random"
+
+
+def _rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else float("inf")
+
+
+def _time_cached(cache, batch_size: int, batches: int, text_dim: int) -> tuple[float, float]:
+    """(images per wall-clock second, images per CPU second of this process)."""
+    from t2i_helpers.data.cache import CachedLoader
+
+    captions = cache.all_captions()
+    table = _RandomTable(torch.randn(len(captions), text_dim), None, None, captions)
+    loader = CachedLoader(cache, table, batch_size=batch_size, shuffle=True, seed=0,
+                          drop_last=batch_size <= len(cache))
+    stream = iter(loader)
+    for _ in range(5):  # warm up: page cache, allocator
+        next(stream)
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        count += len(next(stream))
+    return _rate(count, time.perf_counter() - start), _rate(count, time.process_time() - cpu)
+
+
+def _time_files(image_root: Path, ann_file: Path, image_size: int, batch_size: int, max_images: int) -> float:
+    """The reference's path: every item is decoded and resized when it is loaded (one process)."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms
+
+    from t2i_helpers.data.coco import CocoCaptionsDataset, collate_captions
+
+    transform = transforms.Compose([
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5] * 3, [0.5] * 3),
+    ])
+    dataset = CocoCaptionsDataset(image_root, ann_file, transform=transform)
+    subset = Subset(dataset, range(min(max_images, len(dataset))))
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0, collate_fn=collate_captions)
+    count, start = 0, time.perf_counter()
+    for images, _captions in loader:
+        count += images.shape[0]
+    return _rate(count, time.perf_counter() - start)
+
+
+def _time_text(encoder, captions: list[str]) -> float:
+    encoder.encode(captions[:16])  # warm up
+    start = time.perf_counter()
+    encoder.encode(captions)
+    return _rate(len(captions), time.perf_counter() - start)
+
+
+def _bench_dataset(image_root: Path, ann_file: Path, work: Path, image_size: int, batch_size: int,
+                   cached_batches: int, file_images: int, encoder, text_captions: int) -> dict[str, Any]:
+    from t2i_helpers.data.cache import ImageCache
+
+    start = time.perf_counter()
+    cache = ImageCache.build(image_root, ann_file, image_size, cache_dir=work / "cache", progress=False)
+    build_s = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "images": len(cache),
+        "captions": sum(len(c) for c in cache.caption_ids_per_image),
+        "cache_build_s": round(build_s, 3),
+        "cache_build_images_per_s": _rate(len(cache), build_s),
+    }
+    result["cached_images_per_s"], result["cached_images_per_cpu_s"] = _time_cached(
+        cache, batch_size, cached_batches, text_dim=384)
+    result["jpeg_images_per_s"] = _time_files(image_root, ann_file, image_size, batch_size, file_images)
+    result["cached_speedup"] = round(result["cached_images_per_s"] / result["jpeg_images_per_s"], 1)
+    if encoder is not None:
+        captions = cache.all_captions()[:text_captions]
+        result["text_captions_per_s"] = _time_text(encoder, captions)
+    return result
+
+
+def bench_data(
+    coco_root: str | os.PathLike | None = None,
+    shapes_images: int = 1000,
+    image_size: int = 64,
+    batch_size: int = 64,
+    cached_batches: int = 500,
+    file_images: int = 512,
+    text: bool = True,
+    text_captions: int = 256,
+    work_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Images per second from files vs. from the cache, and captions per second through the text encoder.
+
+    Datasets: coco-mini val2017 (``coco_root``, default :func:`~t2i_helpers.config.coco_mini_dir`,
+    left out if absent) and a freshly generated Shapes set. Everything temporary goes into
+    ``work_dir`` (default: a temporary folder, deleted afterwards). Returns a nested dict; prints nothing.
+    """
+    from t2i_helpers.config import coco_mini_dir
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+
+    result: dict[str, Any] = {
+        "settings": {"image_size": image_size, "batch_size": batch_size, "torch_threads": torch.get_num_threads(),
+                     "cpus": os.cpu_count(), "device": "cpu",
+                     "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None},
+        "notes": [
+            "cached_images_per_s: CachedLoader batches (float [-1,1] NCHW + caption vectors), memory-mapped uint8 cache; "
+            "_per_cpu_s divides by this process's CPU time (less sensitive to other load on the machine)",
+            "jpeg_images_per_s: CocoCaptionsDataset + torchvision Resize/CenterCrop/ToTensor, DataLoader num_workers=0 "
+            "(the reference's path; the Shapes files are PNG)",
+        ],
+    }
+    encoder = None
+    if text:
+        try:
+            from t2i_helpers.text import TextEncoder, TextEncoderConfig
+
+            encoder = TextEncoder(TextEncoderConfig(device="cpu"))
+            result["notes"].append(f"text_captions_per_s: {encoder.config.model_name} on the CPU, frozen, "
+                                   f"batch {encoder.config.batch_size}")
+        except Exception as err:  # no text module / no weights: the image numbers still stand
+            result["notes"].append(f"text_captions_per_s left out: {type(err).__name__}: {str(err)[:120]}")
+            encoder = None
+
+    with tempfile.TemporaryDirectory(prefix="t2i-bench-") as tmp:
+        work = Path(work_dir) if work_dir is not None else Path(tmp)
+        coco = Path(coco_root) if coco_root is not None else coco_mini_dir()
+        if coco is not None and (coco / "annotations" / "captions_val2017.json").is_file():
+            result["coco-mini"] = _bench_dataset(
+                coco / "val2017", coco / "annotations" / "captions_val2017.json", work,
+                image_size, batch_size, cached_batches, file_images, encoder, text_captions)
+        else:
+            result["notes"].append("coco-mini left out: ../shared/coco-mini not found")
+        start = time.perf_counter()
+        paths = make_shapes(work / "shapes", ShapesConfig(images=shapes_images, image_size=image_size))
+        generate_s = time.perf_counter() - start
+        shapes = _bench_dataset(paths.images_dir, paths.train_json, work, image_size, batch_size,
+                                cached_batches, file_images, encoder, text_captions)
+        result["shapes"] = {"generate_images_per_s": _rate(shapes_images, generate_s), **shapes}
+    return result
+
+
+__all__ = ["bench_data"]

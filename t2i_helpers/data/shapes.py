@@ -1,0 +1,419 @@
+"""The Shapes benchmark: one coloured shape on black, captioned in COCO captions format.
+
+Why a synthetic set next to COCO: every image is described by four known attributes (colour, shape,
+size, position), so a generated image can be *scored* (is the object red? is it in the top left
+corner?) instead of only looked at. Captions name some attributes and leave others out, so one
+caption fits many images, exactly the ambiguity that makes pixel regression (MSE) blur. A few
+(colour, shape) pairs never appear in training: the val split asks whether a model composes
+"purple" and "circle" it saw only separately.
+
+Attributes are stored in the JSON (``images[*].shape/color/size/position`` and
+``annotations[*].mentions``); nothing ever parses caption text to recover them.
+
+Run ``python -m t2i_helpers.data.shapes --out data/shapes --images 2000`` or call :func:`make_shapes`.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from t2i_helpers.errors import T2IError
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 200),
+    "white": (235, 235, 235),
+}
+SIZES: tuple[str, ...] = ("small", "large")
+POSITIONS: tuple[str, ...] = (
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)
+ATTRIBUTES: tuple[str, ...] = ("color", "shape", "size", "position")
+# Only in val: each colour and each shape of these pairs is still seen in training, in other pairs.
+HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (("red", "triangle"), ("blue", "square"), ("purple", "circle"))
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 256
+SIZE_FRACTION = {"small": 0.25, "large": 0.5}  # object side / canvas side
+OMIT_PROBABILITY = 1 / 3  # each caption leaves out the size (and, independently, the position) this often
+
+# --- caption vocabulary: unambiguous synonyms only, the colour word is always the canonical name ---
+SHAPE_WORDS = {"circle": ("circle", "disc"), "square": ("square", "box", "block"), "triangle": ("triangle",)}
+SIZE_WORDS = {"small": ("small", "tiny", "little"), "large": ("large", "big")}
+# (phrase after the noun, short label used as a prefix "top-left: ...")
+POSITION_WORDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "top left": (("in the top left corner", "in the upper left corner", "at the top left"), "top-left"),
+    "top": (("at the top", "near the top edge", "at the top of the image"), "top"),
+    "top right": (("in the top right corner", "in the upper right corner", "at the top right"), "top-right"),
+    "left": (("on the left", "on the left side", "at the left edge"), "left"),
+    "center": (("in the center", "in the middle", "at the center of the image"), "center"),
+    "right": (("on the right", "on the right side", "at the right edge"), "right"),
+    "bottom left": (("in the bottom left corner", "in the lower left corner", "at the bottom left"), "bottom-left"),
+    "bottom": (("at the bottom", "near the bottom edge", "at the bottom of the image"), "bottom"),
+    "bottom right": (("in the bottom right corner", "in the lower right corner", "at the bottom right"), "bottom-right"),
+}
+# Each phrasing: (with position, without position). {np} is "a small red circle", {pos} a position
+# phrase, {label} the short position label.
+TEMPLATES: tuple[tuple[str, str], ...] = (
+    ("{np} {pos}", "{np}"),
+    ("{label}: {np}", "{np} on black"),
+    ("there is {np} {pos}", "there is {np}"),
+    ("{np} {pos} on a black background", "{np} on a black background"),
+    ("{Pos}, {np}", "just {np}"),
+    ("an image of {np} {pos}", "an image of {np}"),
+    ("{np} placed {pos}", "a picture of {np}"),
+    ("one {np_bare} {pos}", "one {np_bare}"),
+    ("{np} sits {pos}", "{np} alone on a dark canvas"),
+    ("a drawing of {np} {pos}", "a drawing of {np}"),
+)
+
+
+@dataclass
+class ShapesConfig:
+    """How many images (train + val together), their side in pixels, and the seed."""
+
+    images: int = 1000
+    image_size: int = 64
+    seed: int = 0
+    val_fraction: float = 0.2
+    captions_per_image: int = 5
+
+    def __post_init__(self) -> None:
+        check_image_size(self.image_size)
+        if int(self.images) < 2:
+            raise T2IError(f"images must be at least 2 (train + val), got {self.images}")
+        if not 0.0 < float(self.val_fraction) < 1.0:
+            raise T2IError(f"val_fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if int(self.captions_per_image) < 1:
+            raise T2IError(f"captions_per_image must be at least 1, got {self.captions_per_image}")
+
+    def split_sizes(self) -> tuple[int, int]:
+        """(train, val) image counts: val is ``round(images * val_fraction)``, at least 1 of each."""
+        n_val = min(max(int(round(self.images * self.val_fraction)), 1), self.images - 1)
+        return self.images - n_val, n_val
+
+
+@dataclass(frozen=True)
+class ShapesPaths:
+    """Where :func:`make_shapes` wrote the benchmark (``images_dir`` is the loaders' image root)."""
+
+    root: Path
+    images_dir: Path
+    train_json: Path
+    val_json: Path
+
+
+def check_image_size(image_size: int) -> int:
+    """The canvas side, validated: 32 to 256 pixels (smaller objects would be a few pixels wide)."""
+    if not isinstance(image_size, (int, np.integer)) or not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise T2IError(f"Shapes image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {image_size!r}")
+    return int(image_size)
+
+
+# ----------------------------------------------------------------------------------------- rendering
+def object_side(size: str, image_size: int) -> int:
+    """Side of the object's bounding box in pixels: about 1/4 (small) or 1/2 (large) of the canvas."""
+    return max(4, int(round(SIZE_FRACTION[size] * image_size)))
+
+
+@lru_cache(maxsize=64)
+def shape_mask(shape: str, side: int) -> np.ndarray:
+    """Boolean [side, side] mask of a shape filling its box (computed once per shape and side).
+
+    Hard edges on purpose: every object pixel is exactly the named RGB value, so a scorer can read
+    the colour back without guessing through anti-aliased borders.
+    """
+    c = (np.arange(side) + 0.5) - side / 2  # pixel centres relative to the box centre
+    y, x = np.meshgrid(c, c, indexing="ij")
+    if shape == "circle":
+        mask = x**2 + y**2 <= (side / 2) ** 2
+    elif shape == "square":
+        mask = np.ones((side, side), dtype=bool)
+    elif shape == "triangle":  # pointing up: apex at the top middle, base on the bottom row
+        row = np.arange(side)[:, None]
+        mask = np.abs(x) <= (row + 1) / side * (side / 2)
+    else:
+        raise T2IError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    mask = np.ascontiguousarray(mask)
+    mask.setflags(write=False)
+    return mask
+
+
+def object_box(size: str, position: str, image_size: int, jitter: tuple[float, float] = (0.0, 0.0)) -> tuple[int, int, int]:
+    """(top, left, side) of the object: centred in its 3x3 grid cell plus jitter, moved inside the canvas.
+
+    ``jitter`` is in units of the canvas side (the generator draws it within +-1/24, so the centre
+    never leaves its cell).
+    """
+    side = object_side(size, image_size)
+    row, col = divmod(POSITIONS.index(position), 3)
+    cell = image_size / 3
+    cy = (row + 0.5) * cell + jitter[0] * image_size
+    cx = (col + 0.5) * cell + jitter[1] * image_size
+    top = int(round(cy - side / 2))
+    left = int(round(cx - side / 2))
+    top = min(max(top, 0), image_size - side)  # move inward just enough to lie wholly inside
+    left = min(max(left, 0), image_size - side)
+    return top, left, side
+
+
+MAX_JITTER = 1 / 24  # of the canvas side
+
+
+def render(
+    shape: str,
+    color: str,
+    size: str,
+    position: str,
+    image_size: int = 64,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """One benchmark image as uint8 [H, W, 3]: the object on black (``rng`` draws the jitter; None = none)."""
+    check_image_size(image_size)
+    for name, value, allowed in (("shape", shape, SHAPES), ("color", color, tuple(COLORS)),
+                                 ("size", size, SIZES), ("position", position, POSITIONS)):
+        if value not in allowed:
+            raise T2IError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+    jitter = (0.0, 0.0) if rng is None else tuple(rng.uniform(-MAX_JITTER, MAX_JITTER, size=2))
+    image = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    _paint(image, shape, color, size, position, jitter)
+    return image
+
+
+@lru_cache(maxsize=512)
+def _tile(shape: str, color: str, side: int) -> np.ndarray:
+    """The object's box as uint8 [side, side, 3]: the colour inside the mask, black around it."""
+    tile = shape_mask(shape, side)[:, :, None] * np.array(COLORS[color], dtype=np.uint8)
+    tile.setflags(write=False)
+    return tile
+
+
+def _paint(image: np.ndarray, shape: str, color: str, size: str, position: str, jitter) -> None:
+    """Copy the precomputed tile into the (black) canvas: one slice assignment per image."""
+    top, left, side = object_box(size, position, image.shape[0], jitter)
+    image[top:top + side, left:left + side] = _tile(shape, color, side)
+
+
+# ------------------------------------------------------------------------------------------ captions
+def _pick(options, u: float):
+    """The option a uniform number in [0, 1) selects (all random numbers are drawn in bulk, up front)."""
+    return options[min(int(u * len(options)), len(options) - 1)]
+
+
+def _article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+CAPTION_DRAWS = 6  # uniform numbers one caption consumes
+
+
+def make_caption(attributes: dict, u) -> tuple[str, list[str]]:
+    """One caption for an image's attributes and the attributes it names (``mentions``).
+
+    ``u`` holds six uniform numbers in [0, 1) (or pass a ``np.random.Generator``). Colour and shape
+    are always named; size and position are each left out with probability 1/3, independently, so a
+    caption like "a red circle" fits 18 different images.
+    """
+    if isinstance(u, np.random.Generator):
+        u = u.random(CAPTION_DRAWS)
+    with_size = u[0] >= OMIT_PROBABILITY
+    with_position = u[1] >= OMIT_PROBABILITY
+    words = [_pick(SIZE_WORDS[attributes["size"]], u[2])] if with_size else []
+    words += [attributes["color"], _pick(SHAPE_WORDS[attributes["shape"]], u[3])]
+    bare = " ".join(words)
+    template = _pick(TEMPLATES, u[4])[0 if with_position else 1]
+    fields = {"np": _article(bare), "np_bare": bare}
+    if with_position:
+        phrases, label = POSITION_WORDS[attributes["position"]]
+        pos = _pick(phrases, u[5])
+        fields.update(pos=pos, Pos=pos[0].upper() + pos[1:], label=label)
+    caption = template.format(**fields)
+    mentions = ["color", "shape"] + (["size"] if with_size else []) + (["position"] if with_position else [])
+    return caption, mentions
+
+
+def _captions_for(attributes: dict, count: int, draws: np.ndarray) -> list[tuple[str, list[str]]]:
+    """``count`` captions, distinct where the spare rows of ``draws`` allow (else duplicates stay)."""
+    out: list[tuple[str, list[str]]] = []
+    seen: set[str] = set()
+    rows = iter(draws.tolist())
+    spare = len(draws) - count
+    for _ in range(count):
+        caption, mentions = make_caption(attributes, next(rows))
+        while caption in seen and spare > 0:
+            spare -= 1
+            caption, mentions = make_caption(attributes, next(rows))
+        seen.add(caption)
+        out.append((caption, mentions))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- writing
+def _pairs_for(split: str) -> list[tuple[str, str]]:
+    all_pairs = [(c, s) for c in COLORS for s in SHAPES]
+    if split == "train":
+        return [p for p in all_pairs if p not in HELD_OUT_PAIRS]
+    return all_pairs
+
+
+def _balanced_pairs(split: str, n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
+    """(colour, shape) pairs in shuffled rounds, so every pair is equally frequent (val has all 18)."""
+    pairs = _pairs_for(split)
+    out: list[tuple[str, str]] = []
+    while len(out) < n:
+        out += [pairs[i] for i in rng.permutation(len(pairs))]
+    return out[:n]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    # compress_level=1: lossless like any PNG, several times faster to write than the default 6
+    Image.fromarray(pixels, mode="RGB").save(buffer, format="PNG", compress_level=1)
+    # Temp file + rename (atomic); plain os calls: this runs thousands of times a second.
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, buffer.getbuffer())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _render_and_write(job: tuple) -> None:
+    path, image_size, attributes, jitter = job
+    image = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    _paint(image, attributes["shape"], attributes["color"], attributes["size"], attributes["position"], jitter)
+    _write_png(path, image)
+
+
+def _split_records(split: str, n: int, first_id: int, first_ann_id: int, config: ShapesConfig,
+                   rng: np.random.Generator) -> tuple[list[dict], list[dict], list[tuple[float, float]]]:
+    """Image entries, caption entries and each image's jitter (all random draws happen here, in order)."""
+    pairs = _balanced_pairs(split, n, rng)
+    sizes = rng.integers(len(SIZES), size=n)
+    positions = rng.integers(len(POSITIONS), size=n)
+    jitters = [tuple(j) for j in rng.uniform(-MAX_JITTER, MAX_JITTER, size=(n, 2)).tolist()]
+    caption_draws = rng.random((n, 2 * config.captions_per_image, CAPTION_DRAWS))
+    images, annotations = [], []
+    ann_id = first_ann_id
+    for i in range(n):
+        image_id = first_id + i
+        color, shape = pairs[i]
+        attributes = {"shape": shape, "color": color, "size": SIZES[sizes[i]], "position": POSITIONS[positions[i]]}
+        images.append({"id": image_id, "file_name": f"{split}_{image_id:06d}.png",
+                       "width": config.image_size, "height": config.image_size, **attributes})
+        for caption, mentions in _captions_for(attributes, config.captions_per_image, caption_draws[i]):
+            annotations.append({"id": ann_id, "image_id": image_id, "caption": caption, "mentions": mentions})
+            ann_id += 1
+    return images, annotations, jitters
+
+
+def _coco_json(split: str, config: ShapesConfig, images: list[dict], annotations: list[dict]) -> bytes:
+    info = {
+        "description": "Shapes benchmark",
+        "version": "1.0",
+        "split": split,
+        "seed": config.seed,
+        "image_size": config.image_size,
+        "held_out_pairs": [list(p) for p in HELD_OUT_PAIRS],
+        "config": asdict(config),
+    }
+    doc = {"info": info, "licenses": [], "images": images, "annotations": annotations}  # no "categories": like COCO captions files (pycocotools would ask each caption for a category_id)
+    # Compact, like the official COCO files (and json's fast C encoder only runs without indent).
+    return (json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, *, workers: int | None = None) -> ShapesPaths:
+    """Generate the benchmark into ``out_dir`` (images first, the two JSON files last, all atomic).
+
+    The same config gives byte-identical PNGs and JSON. A folder whose JSON files already hold the
+    same config is left as it is (generation is idempotent and cheap to call from a notebook).
+    """
+    config = config or ShapesConfig()
+    root = Path(out_dir)
+    images_dir, ann_dir = root / "images", root / "annotations"
+    paths = ShapesPaths(root, images_dir, ann_dir / "captions_train.json", ann_dir / "captions_val.json")
+    if _up_to_date(paths, config):
+        return paths
+    images_dir.mkdir(parents=True, exist_ok=True)
+    ann_dir.mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(config.seed)
+    n_train, n_val = config.split_sizes()
+    train = _split_records("train", n_train, 1, 1, config, rng)
+    val = _split_records("val", n_val, 1 + n_train, 1 + n_train * config.captions_per_image, config, rng)
+
+    # Rendering is a masked assignment into a precomputed mask; PNG encoding releases the GIL,
+    # so a few threads keep every core busy.
+    jobs = ((images_dir / e["file_name"], config.image_size, e, jitter)
+            for split in (train, val) for e, jitter in zip(split[0], split[2]))
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        for _ in pool.map(_render_and_write, jobs):
+            pass
+    # The JSON files last: their presence says the images are complete.
+    _atomic_write_bytes(paths.train_json, _coco_json("train", config, train[0], train[1]))
+    _atomic_write_bytes(paths.val_json, _coco_json("val", config, val[0], val[1]))
+    return paths
+
+
+def _up_to_date(paths: ShapesPaths, config: ShapesConfig) -> bool:
+    try:
+        for p in (paths.train_json, paths.val_json):
+            with open(p, encoding="utf-8") as f:
+                doc = json.load(f)
+            if doc.get("info", {}).get("config") != asdict(config):
+                return False
+            if not all((paths.images_dir / e["file_name"]).is_file() for e in doc["images"]):
+                return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m t2i_helpers.data.shapes --out DIR --images N [--size 64] [--seed 0]``."""
+    parser = argparse.ArgumentParser(description="Generate the Shapes benchmark (COCO captions format).")
+    parser.add_argument("--out", required=True, help="output folder (images/ and annotations/ go inside)")
+    parser.add_argument("--images", type=int, default=1000, help="images in train + val together")
+    parser.add_argument("--size", type=int, default=64, help="canvas side in pixels, 32 to 256")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    try:
+        paths = make_shapes(args.out, ShapesConfig(args.images, args.size, args.seed, args.val_fraction))
+    except T2IError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps({k: str(v) for k, v in asdict(paths).items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
