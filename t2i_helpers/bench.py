@@ -164,3 +164,100 @@ def bench_data(
 
 
 __all__ = ["bench_data"]
+
+
+def bench_train(
+    family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int = 64,
+    sample_steps: int = 25, guidance: float = 3.0, shapes_images: int | None = None, device: str = "auto",
+    precision: str = "auto", work_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Training and sampling speed of one model family on Shapes, with the engine's own step.
+
+    Reports training images/s, where a step's time goes (data + text vs the optimisation itself),
+    sampling images/s at ``sample_steps`` DDIM steps with guidance, peak memory, parameter count,
+    precision and device. Uses the family's full config (its smoke config under ``T2I_SMOKE=1``).
+    """
+    from t2i_helpers.config import pick
+    from t2i_helpers.data.cache import CachedLoader
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+    from t2i_helpers.models import build_model, default_config
+    from t2i_helpers.train import (TrainConfig, _Losses, build_optimizers, generate_images, optimisation_step,
+                                   pick_device, pick_precision, prepare_data, text_config_for)
+
+    dev = pick_device(device)
+    prec = pick_precision(precision, dev)
+    on_gpu = dev.type == "cuda"
+    steps = steps or (pick(60, 15) if not on_gpu else 100)
+    batch_size = batch_size or (256 if on_gpu else pick(64, 16))
+    model_config = default_config(family)
+    if hasattr(model_config, "image_size"):
+        model_config.image_size = image_size
+    tmp = tempfile.TemporaryDirectory(prefix="t2i-bench-") if work_dir is None else None
+    work = Path(work_dir or tmp.name)
+    try:
+        paths = make_shapes(work / "shapes", ShapesConfig(images=shapes_images or pick(2000, 200),
+                                                           image_size=image_size, seed=0))
+        train_config = TrainConfig(batch_size=batch_size, device=str(dev), precision=prec, progress=False)
+        from t2i_helpers.models import model_classes
+
+        uses_tokens = model_classes(family)[1].uses_tokens
+        data = prepare_data(paths.images_dir, paths.train_json, image_size, text_config_for(train_config),
+                            uses_tokens, verbose=False)
+        torch.manual_seed(0)
+        model = build_model(family, model_config, data.text_dim).to(dev)
+        optimizers, base_lr = build_optimizers(model, model_config, train_config)
+        groups = model.param_groups()
+        scaler = torch.amp.GradScaler(dev.type, enabled=(prec == "fp16"))
+        losses_module = _Losses(model)
+        loader = iter(CachedLoader(data.cache, data.table, batch_size=batch_size, seed=0, device=dev))
+
+        def sync() -> None:
+            if on_gpu:
+                torch.cuda.synchronize(dev)
+
+        warmup = max(3, steps // 10)
+        data_s = step_s = 0.0
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(dev)
+        for i in range(warmup + steps):
+            sync()
+            t0 = time.perf_counter()
+            batch = next(loader)
+            sync()
+            t1 = time.perf_counter()
+            optimisation_step(losses_module, batch, optimizers, groups, scaler, dev, prec, 1.0, base_lr, i + 1)
+            sync()
+            t2 = time.perf_counter()
+            if i >= warmup:
+                data_s += t1 - t0
+                step_s += t2 - t1
+        images = steps * batch_size
+
+        captions = data.table.captions[: pick(256, 16) if not on_gpu else 256]
+        options = {"steps": sample_steps, "guidance": guidance} if family == "diffusion" else {}
+        generate_images(model, data.table, captions[:4], dev, prec, seed=0, **options)  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        generate_images(model, data.table, captions, dev, prec, seed=0, **options)
+        sync()
+        sample_s = time.perf_counter() - t0
+        result = {
+            "model": family,
+            "device": torch.cuda.get_device_name(dev) if on_gpu else "cpu",
+            "precision": prec,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "image_size": image_size,
+            "batch_size": batch_size,
+            "steps_timed": steps,
+            "train_images_per_s": _rate(images, data_s + step_s),
+            "train_steps_per_s": _rate(steps, data_s + step_s),
+            "data_and_text_fraction": round(data_s / (data_s + step_s), 4),
+            "sample_images_per_s": _rate(len(captions), sample_s),
+            "sample_options": options,
+            "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if on_gpu else None,
+            "threads": torch.get_num_threads(),
+        }
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

@@ -304,6 +304,52 @@ def _fixed_sample_captions(cache: Any, n: int) -> list[str]:
     return [captions[per_image[i][0]] for i in picks]
 
 
+def build_optimizers(model: T2IModel, model_config: Any, train_config: TrainConfig):
+    """One AdamW per parameter group, with the family's suggested lr/betas unless --lr overrides."""
+    settings = model_config.optimizer_settings() if hasattr(model_config, "optimizer_settings") else {}
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    base_lr: dict[str, float] = {}
+    for phase, params in model.param_groups().items():
+        s = dict(settings.get(phase, {}))
+        suggested = s.pop("lr", 2e-4)
+        base_lr[phase] = train_config.lr if train_config.lr is not None else suggested
+        optimizers[phase] = torch.optim.AdamW(params, lr=base_lr[phase], weight_decay=train_config.weight_decay, **s)
+    return optimizers, base_lr
+
+
+def optimisation_step(
+    losses_module: nn.Module, batch: Batch, optimizers: dict[str, torch.optim.Optimizer],
+    groups: dict[str, list[nn.Parameter]], scaler: torch.amp.GradScaler, device: torch.device, precision: str,
+    grad_clip: float | None, lr: dict[str, float], step: int, ckpt_path: Path | None = None,
+) -> dict[str, float]:
+    """One training step: for each phase (e.g. "d" then "g" for a GAN) forward, backward, clip, update."""
+    step_losses: dict[str, float] = {}
+    for phase, opt in optimizers.items():
+        for g in opt.param_groups:
+            g["lr"] = lr[phase]
+        opt.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            losses = losses_module(batch, phase)
+        loss = losses["loss"]
+        if not torch.isfinite(loss.detach()).all():
+            kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists()
+                    else "no checkpoint was written yet")
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step} (phase {phase}); {kept}; "
+                f"try a lower --lr or --precision fp32"
+            )
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(groups[phase], grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        prefix = "" if len(optimizers) == 1 else f"{phase}_"
+        for k, v in losses.items():
+            step_losses[prefix + k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+    return step_losses
+
+
 def train(
     family: str,
     image_root: str | Path,
@@ -371,15 +417,8 @@ def train(
 
     model = build_model(family, model_config, data.text_dim).to(device)
     ema = EMA(model, train_config.ema_decay)
+    optimizers, base_lr = build_optimizers(model, model_config, train_config)
     groups = model.param_groups()
-    settings = model_config.optimizer_settings() if hasattr(model_config, "optimizer_settings") else {}
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    base_lr: dict[str, float] = {}
-    for phase, params in groups.items():
-        s = dict(settings.get(phase, {}))
-        base_lr[phase] = train_config.lr if train_config.lr is not None else s.pop("lr", 2e-4)
-        s.pop("lr", None)
-        optimizers[phase] = torch.optim.AdamW(params, lr=base_lr[phase], weight_decay=train_config.weight_decay, **s)
     scaler = torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
 
     step = 0
@@ -470,29 +509,10 @@ def train(
         while step < train_config.steps:
             batch = next(batches)
             warm = min(1.0, (step + 1) / train_config.warmup_steps) if train_config.warmup_steps > 0 else 1.0
-            step_losses: dict[str, float] = {}
-            for phase, opt in optimizers.items():
-                for g in opt.param_groups:
-                    g["lr"] = base_lr[phase] * warm
-                opt.zero_grad(set_to_none=True)
-                with autocast(device, precision):
-                    losses = losses_module(batch, phase)
-                loss = losses["loss"]
-                if not torch.isfinite(loss.detach()).all():
-                    kept = f"the last good checkpoint is {ckpt_path}" if ckpt_path.exists() else "no checkpoint was written yet"
-                    raise TrainingError(
-                        f"loss became {loss.item()} at step {step + 1} (phase {phase}); {kept}; "
-                        f"try a lower --lr or --precision fp32"
-                    )
-                scaler.scale(loss).backward()
-                if train_config.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(groups[phase], train_config.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                prefix = "" if len(optimizers) == 1 else f"{phase}_"
-                for k, v in losses.items():
-                    step_losses[prefix + k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            step_losses = optimisation_step(
+                losses_module, batch, optimizers, groups, scaler, device, precision, train_config.grad_clip,
+                {phase: lr * warm for phase, lr in base_lr.items()}, step + 1, ckpt_path,
+            )
             step += 1
             ema.update(model, step)
             window_images += len(batch) * world

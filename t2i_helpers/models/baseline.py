@@ -26,7 +26,7 @@ class BaselineConfig:
 
     @classmethod
     def smoke(cls) -> "BaselineConfig":
-        return cls(image_size=64, fc_channels=32, hidden_channels=16)
+        return cls(image_size=64, fc_channels=16, hidden_channels=8)
 
     def optimizer_settings(self) -> dict[str, dict]:
         return {"main": {"lr": 2e-4, "betas": (0.9, 0.999)}}

@@ -1,0 +1,128 @@
+"""The Shapes attribute classifier: accuracy on real val images, caching, save/load, feature network."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from t2i_helpers.errors import T2IError
+from t2i_helpers.models.classifier import (
+    AttributeClassifier,
+    ClassifierConfig,
+    _mirrored_positions,
+    load_classifier,
+    load_or_train_attribute_classifier,
+    predict_attributes,
+    save_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+
+    return make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=600, image_size=64, seed=0))
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """The default configuration, trained once on 480 train images (cached in a temp folder)."""
+    cache = tmp_path_factory.mktemp("classifier-cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny CNN gains little from 2 threads and loses a lot on a busy machine
+    try:
+        model, report = load_or_train_attribute_classifier(shapes.images_dir, shapes.train_json,
+                                                           config=ClassifierConfig(), cache_dir=cache)
+    finally:
+        torch.set_num_threads(threads)
+    return model, report, cache
+
+
+@pytest.mark.slow  # trains the classifier: tens of seconds on 2 CPU cores
+def test_classifier_reads_every_attribute_of_real_val_images(trained):
+    _, report, _ = trained
+    assert report["from_cache"] is False and report["train_images"] == 480 and report["val_images"] == 120
+    for name in ("color", "shape", "size", "position"):
+        assert report["val_accuracy"][name] >= 0.99, report["val_accuracy"]
+    # colour-shape pairs absent from the train split are read as well as the others
+    assert report["val_held_out_images"] > 0
+    assert report["val_accuracy_held_out"]["all"] >= 0.95, report["val_accuracy_held_out"]
+
+
+@pytest.mark.slow
+def test_second_call_reads_the_cache_and_predicts_the_same(trained, shapes):
+    model, _, cache = trained
+    again, report = load_or_train_attribute_classifier(shapes.images_dir, shapes.val_json,  # either split's file
+                                                       config=ClassifierConfig(), cache_dir=cache)
+    assert report["from_cache"] is True
+    x = torch.rand(8, 3, 64, 64) * 2 - 1
+    for a, b in zip(model(x).values(), again(x).values()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.slow
+def test_predictions_agree_for_uint8_and_float_inputs(trained, shapes):
+    from t2i_helpers.metrics import load_eval_data
+
+    model, _, _ = trained
+    val = load_eval_data(shapes.images_dir, shapes.val_json)
+    from_uint8 = predict_attributes(model, val.images[:20])
+    as_float = torch.as_tensor(val.images[:20]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert predict_attributes(model, as_float) == from_uint8
+    assert sum(p == t for p, t in zip(from_uint8, val.attributes[:20])) >= 19
+
+
+class Payload:
+    """An arbitrary pickled object: ``weights_only=True`` refuses to rebuild it."""
+
+
+def test_save_load_round_trip_and_untrusted_files(tmp_path):
+    model = AttributeClassifier(ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16)).eval()
+    path = save_classifier(model, tmp_path / "c.pt", {"val_accuracy": {"color": 1.0}})
+    loaded, report = load_classifier(path)
+    assert report == {"val_accuracy": {"color": 1.0}} and loaded.config == model.config
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(loaded.features(x), model.features(x))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+    torch.save({"state_dict": {}, "config": Payload(), "report": "{}"}, tmp_path / "evil.pt")
+    with pytest.raises(T2IError, match="evil.pt"):
+        load_classifier(tmp_path / "evil.pt")
+
+
+def test_feature_network_takes_uint8_and_is_named_by_its_weights():
+    model = AttributeClassifier(ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16))
+    net = model.feature_network()
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    features = net(images)
+    assert features.shape == (5, 16) and net.num_features == 16
+    torch.testing.assert_close(features, model.eval().features(images.float() / 127.5 - 1))
+    with torch.no_grad():
+        model.heads["color"].weight.add_(1.0)
+    assert model.feature_network().name != net.name  # other weights, other cached statistics
+    with pytest.raises(T2IError, match="uint8"):
+        net(images.float())
+
+
+def test_heads_have_one_output_per_class():
+    model = AttributeClassifier(ClassifierConfig())
+    logits = model(torch.zeros(2, 3, 64, 64))
+    assert {k: v.shape[1] for k, v in logits.items()} == {"color": 6, "shape": 3, "size": 2, "position": 9}
+    assert model.features(torch.zeros(2, 3, 48, 48)).shape == (2, 128)  # other sizes are resized
+
+
+def test_mirroring_swaps_left_and_right_positions():
+    from t2i_helpers.data.shapes import POSITIONS
+
+    mirror = _mirrored_positions(POSITIONS)
+    names = {POSITIONS[i]: POSITIONS[int(j)] for i, j in enumerate(mirror)}
+    assert names["top left"] == "top right" and names["right"] == "left" and names["center"] == "center"
+    assert names["bottom"] == "bottom"
+    assert _mirrored_positions(["a", "b"]) is None
+
+
+def test_training_refuses_coco_annotations(coco_mini):
+    from t2i_helpers.models.classifier import train_attribute_classifier
+
+    with pytest.raises(T2IError, match="not a Shapes annotation file"):
+        train_attribute_classifier(coco_mini / "val2017", coco_mini / "annotations" / "captions_val2017.json",
+                                   steps=1, val_ann_file=None)
