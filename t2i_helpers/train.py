@@ -344,9 +344,11 @@ def optimisation_step(
             torch.nn.utils.clip_grad_norm_(groups[phase], grad_clip)
         scaler.step(opt)
         scaler.update()
+        # One optimizer: names as the model gives them; several: prefixed with the phase ("d_loss", "g_loss").
         prefix = "" if len(optimizers) == 1 else f"{phase}_"
         for k, v in losses.items():
-            step_losses[prefix + k] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            name = k if k.startswith(prefix) else prefix + k
+            step_losses[name] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
     return step_losses
 
 

@@ -1,0 +1,475 @@
+"""A small text-conditional diffusion model: UNet + cosine schedule + v-prediction + DDIM + guidance.
+
+Training (one step): take clean images ``x0``, draw a time ``t`` in [0, 1] and Gaussian noise
+``eps``, mix them into ``x_t = alpha_t x0 + sigma_t eps`` and ask the UNet for the "velocity"
+``v = alpha_t eps - sigma_t x0`` (Salimans & Ho, 2022). Sampling starts from pure noise at ``t = 1``
+and walks to ``t = 0`` with the deterministic DDIM update (Song et al., 2021), any number of steps.
+
+Design choices, and why:
+
+* **Continuous time, cosine schedule** (Nichol & Dhariwal, 2021): ``alpha_bar(t) = cos^2(...)``
+  destroys information evenly over ``t`` instead of wasting the last steps on pure noise, and a
+  continuous ``t`` lets the sampler use 10, 25 or 250 steps without retraining.
+* **v-prediction**: ``x0 = alpha x_t - sigma v`` and ``eps = sigma x_t + alpha v`` are well defined
+  at *both* ends (eps-prediction cannot give ``x0`` at ``t = 1`` where ``alpha = 0``; x0-prediction is
+  noisy at ``t = 0``), so the schedule can reach pure noise (zero terminal SNR, Lin et al. 2024) and
+  sampling starts from exactly the distribution that training saw.
+* **Min-SNR-gamma loss weighting** (Hang et al., 2023): timesteps compete for the same small
+  network; capping the weight of the easy, almost-clean timesteps at ``gamma`` lets it converge
+  several times faster. For v the weight is ``min(SNR, gamma) / (SNR + 1) = min(alpha^2, gamma sigma^2)``.
+* **Two routes for the caption**: the pooled sentence embedding is added to the timestep embedding
+  (like a class label: global content, e.g. "a red circle") and the per-token states are read
+  by cross-attention at low resolutions (which word goes where), masked so padding is ignored.
+* **Classifier-free guidance** (Ho & Salimans, 2021): 10 % of training captions are replaced by a
+  learned "null" caption, so the same network also predicts unconditionally; at sampling
+  ``v = v_uncond + w (v_cond - v_uncond)`` with ``w > 1`` trades variety for caption fidelity.
+  Both predictions come from one batched forward pass.
+* **Stable start**: GroupNorm + SiLU residual blocks whose last conv is zero-initialised, and
+  zero-initialised attention outputs, so every block starts as the identity.
+
+Parameter counts with a 384-d text encoder (checked in ``tests/test_diffusion.py``):
+``DiffusionConfig()`` (64 px) 25.7 M; ``DiffusionConfig.smoke()`` (32 px) 0.36 M.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import T2IError
+from .base import Batch, T2IModel
+
+
+@dataclass
+class DiffusionConfig:
+    image_size: int = 64  # must be divisible by patch_size * 2 ** (len(channel_mults) - 1)
+    patch_size: int = 1  # >1: the UNet works on (patch x patch) pixel blocks stacked into channels
+    base_channels: int = 64  # channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 3, 4)  # one UNet level per entry, halving the resolution
+    num_res_blocks: int = 2  # residual blocks per level (the decoder has one more, for the skip)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # self- + cross-attention at these UNet sizes
+    head_dim: int = 32  # channels per attention head
+    context_dim: int = 256  # token states are projected to this width for cross-attention
+    dropout: float = 0.1  # inside residual blocks: small data sets overfit without it
+    cond_dropout: float = 0.1  # fraction of training captions replaced by the null caption (CFG)
+    min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting; 0 gives the plain v-MSE
+    lr: float = 2e-4  # suggested Adam learning rate (the engine's --lr overrides it)
+
+    @classmethod
+    def smoke(cls) -> "DiffusionConfig":
+        """A tiny CPU variant (< 1 M parameters) for smoke runs; 2x2 patches make it 4x cheaper."""
+        return cls(
+            image_size=32,
+            patch_size=2,
+            base_channels=16,
+            channel_mults=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            head_dim=16,
+            context_dim=32,
+            dropout=0.0,
+        )
+
+    def optimizer_settings(self) -> dict[str, dict]:
+        return {"main": {"lr": self.lr, "betas": (0.9, 0.999)}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise schedule (continuous time, variance preserving: alpha^2 + sigma^2 = 1)
+# --------------------------------------------------------------------------------------------------
+
+COSINE_OFFSET = 0.008  # Nichol & Dhariwal's s: keeps the noise at t = 0 from being vanishingly small
+
+
+def alpha_bar(t: Tensor, s: float = COSINE_OFFSET) -> Tensor:
+    """Cosine schedule ``alpha_bar(t) = f(t) / f(0)``, ``f(t) = cos^2(pi/2 (t + s) / (1 + s))``; 1 at t=0, 0 at t=1."""
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (f / math.cos(s / (1 + s) * math.pi / 2) ** 2).clamp(0.0, 1.0)
+
+
+def alpha_sigma(t: Tensor) -> tuple[Tensor, Tensor]:
+    """Signal and noise scales at time ``t``: ``x_t = alpha x0 + sigma eps``."""
+    ab = alpha_bar(t)
+    return ab.sqrt(), (1 - ab).sqrt()
+
+
+def _expand(t: Tensor) -> Tensor:
+    return t.view(-1, 1, 1, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# UNet building blocks
+# --------------------------------------------------------------------------------------------------
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels), channels)  # 32 groups where the width allows
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal features of ``1000 t`` (the transformer position encoding of a real number)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero weights and bias: a residual branch ending here starts as "add nothing"."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """``GN -> SiLU -> conv``, modulated by the (time + caption) embedding, ``GN -> SiLU -> conv``, + skip.
+
+    The embedding sets a per-channel scale and shift after the second norm (FiLM / "scale-shift
+    norm" of improved DDPM): a stronger conditioning than adding a bias.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, 2 * out_ch)
+        self.norm2 = group_norm(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention among pixels, then cross-attention from pixels (queries) to caption tokens.
+
+    ``token_mask`` (True = real token) becomes the attention mask, so padded positions get zero
+    weight whatever their states are. Both outputs are zero-initialised residuals.
+    """
+
+    def __init__(self, channels: int, context_dim: int, head_dim: int):
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm1 = nn.LayerNorm(channels)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out1 = zero_init(nn.Linear(channels, channels))
+        self.norm2 = nn.LayerNorm(channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.out2 = zero_init(nn.Linear(channels, channels))
+
+    def _heads(self, x: Tensor) -> Tensor:  # [B, N, C] -> [B, heads, N, C / heads]
+        return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+    def _merge(self, x: Tensor) -> Tensor:  # [B, heads, N, C / heads] -> [B, N, C]
+        return x.transpose(1, 2).flatten(2)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        seq = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        q, k, v = self.qkv(self.norm1(seq)).chunk(3, dim=-1)
+        attn = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        seq = seq + self.out1(self._merge(attn))
+        q = self._heads(self.q(self.norm2(seq)))
+        k, v = (self._heads(z) for z in self.kv(context).chunk(2, dim=-1))
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # [B,1,1,L] broadcast
+        seq = seq + self.out2(self._merge(attn))
+        return seq.transpose(1, 2).reshape(b, c, h, w)
+
+
+class Layer(nn.Module):
+    """One UNet layer: a residual block, followed by attention at the chosen resolutions."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config: DiffusionConfig, attention: bool):
+        super().__init__()
+        self.res = ResBlock(in_ch, out_ch, emb_dim, config.dropout)
+        self.attn = AttentionBlock(out_ch, config.context_dim, config.head_dim) if attention else None
+
+    def forward(self, x: Tensor, emb: Tensor, context: Tensor, mask: Tensor) -> Tensor:
+        x = self.res(x, emb)
+        return self.attn(x, context, mask) if self.attn is not None else x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, *cond) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, *cond) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """Predicts ``v`` from ``(x_t, t, pooled caption, caption tokens, token mask)``."""
+
+    def __init__(self, config: DiffusionConfig, text_dim: int):
+        super().__init__()
+        base, levels, patch = config.base_channels, len(config.channel_mults), config.patch_size
+        if config.image_size % (patch * 2 ** (levels - 1)):
+            raise T2IError(
+                f"DiffusionConfig.image_size {config.image_size} is not divisible by "
+                f"patch_size * 2**(levels - 1) = {patch * 2 ** (levels - 1)}"
+            )
+        emb_dim = 4 * base
+        self.base_channels, self.patch_size = base, patch
+        self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.text_mlp = nn.Sequential(nn.Linear(text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.context = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, config.context_dim))
+        # patch_size p > 1 (as in Hoogeboom et al. 2023, "simple diffusion"): pixel_unshuffle turns
+        # each p x p block into 3 p^2 channels, so every layer runs on p^2 times fewer positions,
+        # at some cost in fine detail (the CPU smoke model uses it). pixel_shuffle undoes it at the end.
+        self.conv_in = nn.Conv2d(3 * patch * patch, base, 3, padding=1)
+
+        # Encoder: remember the width of every output, the decoder concatenates them back (skips).
+        self.down = nn.ModuleList()
+        ch, res, skips = base, config.image_size // patch, [base]
+        for level, mult in enumerate(config.channel_mults):
+            for _ in range(config.num_res_blocks):
+                self.down.append(Layer(ch, base * mult, emb_dim, config, res in config.attention_resolutions))
+                ch = base * mult
+                skips.append(ch)
+            if level < levels - 1:
+                self.down.append(Downsample(ch))
+                skips.append(ch)
+                res //= 2
+        # Middle, at the lowest resolution: always with attention to the caption.
+        self.mid = nn.ModuleList([Layer(ch, ch, emb_dim, config, True), Layer(ch, ch, emb_dim, config, False)])
+        # Decoder: one more layer per level than the encoder, each eating one skip connection.
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(config.channel_mults))):
+            for _ in range(config.num_res_blocks + 1):
+                attention = res in config.attention_resolutions
+                self.up.append(Layer(ch + skips.pop(), base * mult, emb_dim, config, attention))
+                ch = base * mult
+            if level > 0:
+                self.up.append(Upsample(ch))
+                res *= 2
+        self.norm_out = group_norm(ch)
+        self.conv_out = zero_init(nn.Conv2d(ch, 3 * patch * patch, 3, padding=1))  # predicts v = 0 at start
+
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.text_mlp(text)
+        context = self.context(tokens)
+        h = self.conv_in(F.pixel_unshuffle(x, self.patch_size))
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb, context, mask)
+            hs.append(h)
+        for layer in self.mid:
+            h = layer(h, emb, context, mask)
+        for layer in self.up:
+            if isinstance(layer, Layer):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = layer(h, emb, context, mask)
+        return F.pixel_shuffle(self.conv_out(F.silu(self.norm_out(h))), self.patch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model the engine trains
+# --------------------------------------------------------------------------------------------------
+
+def apply_dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
+    """Imagen's dynamic thresholding: per sample, ``s`` = the ``percentile`` of ``|x0|`` (at least 1);
+    clip to [-s, s] and divide by ``s``. Unlike a plain clip it keeps detail in saturated
+    regions, which matters at high guidance."""
+    s = torch.quantile(x0.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0).to(x0.dtype)
+    s = _expand(s)
+    return x0.clamp(-s, s) / s
+
+
+class TextDiffusion(T2IModel):
+    """Text-to-image diffusion: :class:`UNet` predicting v, trained with caption dropout for CFG."""
+
+    family = "diffusion"
+    uses_tokens = True
+
+    def __init__(self, config: DiffusionConfig | None, text_dim: int):
+        super().__init__()
+        self.config = config or DiffusionConfig()
+        self.text_dim = text_dim
+        self.unet = UNet(self.config, text_dim)
+        # The "no caption" input for classifier-free guidance, learned like any other embedding.
+        self.null_text = nn.Parameter(torch.zeros(text_dim))
+        self.null_token = nn.Parameter(torch.randn(text_dim) * 0.02)
+
+    # ---- conditioning -----------------------------------------------------------------------------
+
+    def _condition(
+        self, text: Tensor, tokens: Tensor | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Cast to the model's dtype and fill defaults: no tokens -> the pooled embedding as one token."""
+        text = text.to(self.null_text)
+        if tokens is None:
+            tokens, mask = text[:, None, :], None
+        tokens = tokens.to(self.null_text)  # cached token states are float16
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        mask = mask.to(device=tokens.device, dtype=torch.bool)
+        # A row without any real token would make attention divide by zero: let it see position 0.
+        mask = mask.clone()
+        mask[:, 0] |= ~mask.any(dim=1)
+        return text, tokens, mask
+
+    def null_condition(self, batch_size: int, length: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The unconditional input: null embedding, and a sequence whose only real token is the null token."""
+        text = self.null_text.expand(batch_size, -1)
+        tokens = self.null_token.expand(batch_size, length, -1)
+        mask = torch.zeros(batch_size, length, dtype=torch.bool, device=tokens.device)
+        mask[:, 0] = True
+        return text, tokens, mask
+
+    def drop_captions(
+        self, text: Tensor, tokens: Tensor, mask: Tensor, drop: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Replace the captions where ``drop`` [B] is True by the null condition."""
+        null_text, null_tokens, null_mask = self.null_condition(text.shape[0], tokens.shape[1])
+        text = torch.where(drop[:, None], null_text, text)
+        tokens = torch.where(drop[:, None, None], null_tokens, tokens)
+        mask = torch.where(drop[:, None], null_mask, mask)
+        return text, tokens, mask
+
+    # ---- training ---------------------------------------------------------------------------------
+
+    def _images(self, batch: Batch) -> Tensor:
+        size = self.config.image_size
+        images = batch.images.to(self.null_text.dtype)
+        if images.shape[-2:] != (size, size):
+            # A cache built at another size (e.g. 64 px data for the 32 px smoke model): resize.
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return images
+
+    def diffusion_loss(
+        self, x0: Tensor, t: Tensor, noise: Tensor, text: Tensor, tokens: Tensor, mask: Tensor
+    ) -> dict[str, Tensor]:
+        """The loss for given ``t`` and ``noise`` (deterministic: what :meth:`training_losses` samples)."""
+        a, s = (_expand(z).to(x0.dtype) for z in alpha_sigma(t))
+        x_t = a * x0 + s * noise
+        target = a * noise - s * x0  # v
+        pred = self.unet(x_t, t, text, tokens, mask)
+        mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))  # [B]
+        if self.config.min_snr_gamma > 0:
+            # min(SNR, gamma) / (SNR + 1) with SNR = alpha^2 / sigma^2, written without dividing by 0.
+            a2, s2 = a.flatten().float() ** 2, s.flatten().float() ** 2
+            weight = torch.minimum(a2, self.config.min_snr_gamma * s2)
+        else:
+            weight = torch.ones_like(mse)
+        return {"loss": (weight * mse).mean(), "mse_v": mse.mean().detach()}
+
+    def training_losses(self, batch: Batch, phase: str = "main") -> dict[str, Tensor]:
+        x0 = self._images(batch)
+        text, tokens, mask = self._condition(batch.text, batch.tokens, batch.token_mask)
+        b = x0.shape[0]
+        drop = torch.rand(b, device=x0.device) < self.config.cond_dropout
+        text, tokens, mask = self.drop_captions(text, tokens, mask, drop)
+        # Stratified times: one uniform draw per 1/B slice of [0, 1], shuffled. Same distribution
+        # as t ~ U(0, 1) but every batch covers all noise levels, so the loss is less noisy.
+        t = (torch.rand((), device=x0.device) + torch.arange(b, device=x0.device) / b) % 1.0
+        t = t[torch.randperm(b, device=x0.device)]
+        losses = self.diffusion_loss(x0, t, torch.randn_like(x0), text, tokens, mask)
+        losses["dropped"] = drop.float().mean()
+        return losses
+
+    # ---- sampling ---------------------------------------------------------------------------------
+
+    def guided_v(self, x: Tensor, t: Tensor, text: Tensor, tokens: Tensor, mask: Tensor, guidance: float) -> Tensor:
+        """Classifier-free guided prediction ``v_u + w (v_c - v_u)`` from one batched forward pass.
+
+        v is linear in eps and x0 for a fixed ``x_t``, so guiding v is the same as guiding eps.
+        """
+        if guidance == 1.0:  # the unconditional half would be multiplied by zero: skip it
+            return self.unet(x, t, text, tokens, mask)
+        null_text, null_tokens, null_mask = self.null_condition(x.shape[0], tokens.shape[1])
+        v = self.unet(
+            torch.cat([x, x]),
+            torch.cat([t, t]),
+            torch.cat([text, null_text]),
+            torch.cat([tokens, null_tokens]),
+            torch.cat([mask, null_mask]),
+        )
+        v_cond, v_uncond = v.chunk(2)
+        return v_uncond + guidance * (v_cond - v_uncond)
+
+    @staticmethod
+    def ddim_step(
+        x: Tensor,
+        v: Tensor,
+        t: float,
+        s: float,
+        eta: float = 0.0,
+        noise: Tensor | None = None,
+        clip_denoised: bool = True,
+        threshold: float | None = None,
+    ) -> Tensor:
+        """Move ``x`` from time ``t`` to an earlier time ``s`` (DDIM, Song et al. 2021, eq. 12).
+
+        Estimate ``x0`` and ``eps`` from ``v``, optionally keep ``x0`` in [-1, 1], then re-noise
+        ``x0`` to level ``s`` with the *predicted* noise (``eta = 0``: deterministic) or partly fresh
+        noise (``eta = 1``: the DDPM posterior).
+        """
+        a_t, s_t = (float(z) for z in alpha_sigma(torch.tensor(float(t), dtype=torch.float64)))
+        a_s, s_s = (float(z) for z in alpha_sigma(torch.tensor(float(s), dtype=torch.float64)))
+        x0 = a_t * x - s_t * v
+        eps = s_t * x + a_t * v
+        if threshold is not None or clip_denoised:
+            x0 = apply_dynamic_threshold(x0, threshold) if threshold is not None else x0.clamp(-1, 1)
+            eps = (x - a_t * x0) / s_t  # the noise consistent with the corrected x0 (s_t > 0 for t > 0)
+        sigma = eta * (s_s / s_t) * math.sqrt(max(0.0, 1 - (a_t / a_s) ** 2))
+        x = a_s * x0 + math.sqrt(max(0.0, s_s**2 - sigma**2)) * eps
+        if eta > 0:
+            x = x + sigma * noise
+        return x
+
+    @torch.no_grad()
+    def generate(
+        self,
+        text: Tensor,
+        tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        guidance: float = 3.0,
+        steps: int = 25,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+        dynamic_threshold: float | None = None,
+        **options,
+    ) -> Tensor:
+        """Sample one image per caption with ``steps`` DDIM steps from t = 1 to t = 0.
+
+        ``generator`` draws every random number on its own device (a CPU ``torch.Generator`` gives
+        the same images for a seed on any device: noise is drawn on the CPU and then moved).
+        ``guidance``: CFG weight (1 = conditional only, 0 = unconditional, 3 = default).
+        ``eta``: 0 deterministic DDIM, 1 DDPM-like. ``clip_denoised`` clips each x0 estimate to
+        [-1, 1]; ``dynamic_threshold`` (e.g. 0.995) uses Imagen's percentile thresholding instead.
+        """
+        if options:
+            raise TypeError(f"TextDiffusion.generate got unknown options {sorted(options)}")
+        if steps < 1:
+            raise T2IError(f"steps must be at least 1, got {steps}")
+        text, tokens, mask = self._condition(text, tokens, token_mask)
+        b, size = text.shape[0], self.config.image_size
+        shape = (b, 3, size, size)
+        noise_device = generator.device if generator is not None else text.device
+        x = torch.randn(shape, generator=generator, device=noise_device).to(text)
+        times = torch.linspace(1.0, 0.0, steps + 1).tolist()
+        for t, s in zip(times[:-1], times[1:]):
+            v = self.guided_v(x, torch.full((b,), t, device=x.device, dtype=x.dtype), text, tokens, mask, guidance)
+            noise = torch.randn(shape, generator=generator, device=noise_device).to(x) if eta > 0 else None
+            x = self.ddim_step(x, v, t, s, eta, noise, clip_denoised, dynamic_threshold)
+        return x.clamp(-1, 1)

@@ -1,0 +1,275 @@
+"""TextDiffusion: schedule and v-parameterisation identities, guidance, DDIM, masking, training."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+import t2i_helpers.models.diffusion as diffusion_module
+from t2i_helpers.errors import T2IError
+from t2i_helpers.models import build_model
+from t2i_helpers.models.base import Batch
+from t2i_helpers.models.diffusion import DiffusionConfig, TextDiffusion, alpha_bar, alpha_sigma, apply_dynamic_threshold
+
+TEXT_DIM = 24
+
+
+def tiny(**overrides) -> DiffusionConfig:
+    values = dict(
+        image_size=16,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        head_dim=8,
+        context_dim=8,
+        dropout=0.0,
+    )
+    return DiffusionConfig(**{**values, **overrides})
+
+
+def randomise_zero_parameters(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Zero-initialised outputs make a fresh model predict v = 0 for every input, which would make
+    the comparisons below trivial: give those parameters random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def conditions(b: int = 2, length: int = 5, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(b, TEXT_DIM, generator=g)
+    tokens = torch.randn(b, length, TEXT_DIM, generator=g)
+    lengths = torch.tensor([3, length] * b)[:b, None]  # the first caption has 2 padding positions
+    mask = torch.arange(length)[None].expand(b, length) < lengths
+    return text, tokens, mask
+
+
+# ---- schedule and parameterisation ------------------------------------------------------------------
+
+
+def test_cosine_schedule_matches_closed_form_and_is_monotone():
+    t = torch.linspace(0, 1, 101, dtype=torch.float64)
+    s = 0.008
+    expected = [
+        math.cos((ti + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2 for ti in t.tolist()
+    ]
+    got = alpha_bar(t)
+    assert torch.allclose(got, torch.tensor(expected, dtype=torch.float64), atol=1e-12)
+    assert got[0].item() == pytest.approx(1.0) and got[-1].item() == pytest.approx(0.0, abs=1e-12)
+    assert (got[1:] < got[:-1]).all()
+    a, sigma = alpha_sigma(t)
+    assert torch.allclose(a**2 + sigma**2, torch.ones_like(t))
+
+
+def test_v_parameterisation_recovers_x0_and_eps():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(8, 3, 4, 4, generator=g), torch.randn(8, 3, 4, 4, generator=g)
+    t = torch.rand(8, generator=g)
+    a, s = (z.view(-1, 1, 1, 1) for z in alpha_sigma(t))
+    x_t = a * x0 + s * eps
+    v = a * eps - s * x0
+    assert torch.allclose(a * x_t - s * v, x0, atol=1e-5)
+    assert torch.allclose(s * x_t + a * v, eps, atol=1e-5)
+
+
+def test_dynamic_threshold_leaves_in_range_images_alone_and_rescales_others():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert torch.equal(apply_dynamic_threshold(x, 0.995), x)
+    big = x * 4
+    out = apply_dynamic_threshold(big, 0.995)
+    assert out.abs().max() <= 1 + 1e-6
+    assert out.abs().max() > 0.9  # rescaled, not squashed to a constant
+
+
+# ---- network and conditioning ------------------------------------------------------------------------
+
+
+def test_parameter_counts_match_the_documentation():
+    full = sum(p.numel() for p in TextDiffusion(DiffusionConfig(), 384).parameters())
+    smoke = sum(p.numel() for p in TextDiffusion(DiffusionConfig.smoke(), 384).parameters())
+    assert 20e6 < full < 40e6
+    assert smoke < 1e6
+    doc = diffusion_module.__doc__
+    assert re.search(rf"DiffusionConfig\(\)`` \(64 px\) {full / 1e6:.1f} M", doc), full
+    assert re.search(rf"DiffusionConfig.smoke\(\)`` \(32 px\) {smoke / 1e6:.2f} M", doc), smoke
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_generate_shapes_and_range(size):
+    model = TextDiffusion(tiny(image_size=size), TEXT_DIM).eval()
+    randomise_zero_parameters(model)
+    text, tokens, mask = conditions()
+    images = model.generate(text, tokens, mask, generator=torch.Generator().manual_seed(0), steps=2)
+    assert images.shape == (2, 3, size, size)
+    assert images.min() >= -1 and images.max() <= 1
+
+
+def test_smoke_config_with_patches_trains_and_samples_at_full_size():
+    model = TextDiffusion(DiffusionConfig.smoke(), TEXT_DIM)
+    assert model.config.patch_size == 2
+    text, tokens, mask = conditions()
+    losses = model.training_losses(Batch(torch.rand(2, 3, 32, 32) * 2 - 1, text, tokens, mask))
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+    images = model.eval().generate(text, tokens, mask, steps=2, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 3, 32, 32)
+
+
+def test_generate_without_tokens_uses_the_pooled_embedding():
+    model = TextDiffusion(tiny(), TEXT_DIM).eval()
+    images = model.generate(torch.randn(3, TEXT_DIM), steps=1, guidance=2.0)
+    assert images.shape == (3, 3, 16, 16)
+
+
+def test_bad_options_raise():
+    model = TextDiffusion(tiny(), TEXT_DIM)
+    with pytest.raises(TypeError, match="truncation"):
+        model.generate(torch.randn(1, TEXT_DIM), truncation=0.5)
+    with pytest.raises(T2IError, match="steps must be at least 1"):
+        model.generate(torch.randn(1, TEXT_DIM), steps=0)
+    with pytest.raises(T2IError, match="not divisible"):
+        TextDiffusion(tiny(image_size=18, channel_mults=(1, 2, 2)), TEXT_DIM)
+
+
+def test_cross_attention_ignores_padded_tokens_but_not_real_ones():
+    model = randomise_zero_parameters(TextDiffusion(tiny(), TEXT_DIM).eval())
+    text, tokens, mask = conditions()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        out = model.unet(x, t, text, tokens, mask)
+        padded = tokens.clone()
+        padded[~mask] = torch.randn(int((~mask).sum()), TEXT_DIM) * 10
+        assert torch.allclose(model.unet(x, t, text, padded, mask), out, atol=1e-5)
+        real = tokens.clone()
+        real[0, 1] = torch.randn(TEXT_DIM)  # a different real word
+        assert not torch.allclose(model.unet(x, t, text, real, mask)[0], out[0], atol=1e-3)
+
+
+def test_guidance_combines_conditional_and_unconditional_predictions():
+    model = randomise_zero_parameters(TextDiffusion(tiny(), TEXT_DIM).eval())
+    text, tokens, mask = conditions()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0.2, 0.9])
+    with torch.no_grad():
+        v_cond = model.unet(x, t, text, tokens, mask)
+        v_uncond = model.unet(x, t, *model.null_condition(2, tokens.shape[1]))
+        assert not torch.allclose(v_cond, v_uncond, atol=1e-3)
+        assert torch.allclose(model.guided_v(x, t, text, tokens, mask, 1.0), v_cond, atol=1e-5)
+        assert torch.allclose(model.guided_v(x, t, text, tokens, mask, 0.0), v_uncond, atol=1e-5)
+        expected = v_uncond + 3.0 * (v_cond - v_uncond)
+        assert torch.allclose(model.guided_v(x, t, text, tokens, mask, 3.0), expected, atol=1e-4)
+
+
+# ---- sampling ----------------------------------------------------------------------------------------
+
+
+def test_ddim_is_deterministic_for_a_seed():
+    model = randomise_zero_parameters(TextDiffusion(tiny(), TEXT_DIM).eval())
+    text, tokens, mask = conditions()
+
+    def run(seed, **options):
+        return model.generate(text, tokens, mask, generator=torch.Generator().manual_seed(seed), steps=3, **options)
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+    assert torch.equal(run(1, eta=1.0), run(1, eta=1.0))
+    assert not torch.equal(run(1, eta=1.0), run(1))
+
+
+class Oracle(nn.Module):
+    """A "network" that knows the answer: the exact v that points x_t at a fixed x0."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, text, tokens, mask):
+        a, s = (z.view(-1, 1, 1, 1) for z in alpha_sigma(t))
+        x0 = self.x0.repeat(x.shape[0] // self.x0.shape[0], 1, 1, 1)  # the guided call doubles the batch
+        return (a * x - x0) / s  # v = alpha eps - sigma x0 with eps = (x_t - alpha x0) / sigma
+
+
+@pytest.mark.parametrize(
+    "options", [{}, {"eta": 1.0}, {"dynamic_threshold": 0.995}, {"clip_denoised": False, "steps": 1}]
+)
+def test_sampler_recovers_x0_from_an_oracle(options):
+    model = TextDiffusion(tiny(), TEXT_DIM).eval()
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 1.8 - 0.9
+    model.unet = Oracle(x0)
+    text, tokens, mask = conditions()
+    settings = {"steps": 7, "guidance": 3.0, **options}
+    out = model.generate(text, tokens, mask, generator=torch.Generator().manual_seed(0), **settings)
+    assert torch.allclose(out, x0, atol=1e-4)
+
+
+# ---- training ----------------------------------------------------------------------------------------
+
+
+def test_caption_dropout_rate_and_null_condition(monkeypatch):
+    model = TextDiffusion(tiny(), TEXT_DIM)
+    seen = {}
+
+    def fake_loss(x0, t, noise, text, tokens, mask):
+        seen.update(text=text, tokens=tokens, mask=mask, t=t)
+        return {"loss": torch.zeros(())}
+
+    monkeypatch.setattr(model, "diffusion_loss", fake_loss)
+    b = 4000
+    text, tokens, mask = torch.randn(b, TEXT_DIM), torch.randn(b, 4, TEXT_DIM), torch.ones(b, 4, dtype=torch.bool)
+    torch.manual_seed(0)
+    losses = model.training_losses(Batch(torch.zeros(b, 3, 16, 16), text, tokens, mask))
+    dropped = (seen["text"] == model.null_text).all(dim=1)
+    assert 0.08 < dropped.float().mean().item() < 0.12  # 10 % +- 3 standard deviations
+    assert losses["dropped"].item() == pytest.approx(dropped.float().mean().item())
+    assert torch.equal(seen["text"][~dropped], text[~dropped])
+    assert (seen["tokens"][dropped] == model.null_token).all()
+    assert torch.equal(seen["mask"][dropped], torch.tensor([True, False, False, False]).expand(int(dropped.sum()), 4))
+    # Stratified times: exactly one t in every 1/B slice of [0, 1].
+    slices = (seen["t"] * b).floor().long().sort().values
+    assert torch.equal(slices, torch.arange(b))
+
+
+def test_a_few_adam_steps_on_one_batch_reduce_the_loss():
+    torch.manual_seed(0)
+    model = TextDiffusion(tiny(), TEXT_DIM)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    t, noise = torch.rand(4, generator=g) * 0.8 + 0.1, torch.randn(4, 3, 16, 16, generator=g)
+    text, tokens, mask = model._condition(*conditions(4)[:1], None, None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        loss = model.diffusion_loss(x0, t, noise, text, tokens, mask)["loss"]
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_training_losses_backpropagate_to_every_parameter():
+    torch.manual_seed(0)
+    model = randomise_zero_parameters(TextDiffusion(tiny(cond_dropout=0.5), TEXT_DIM))
+    text, tokens, mask = conditions(2)
+    batch = Batch(torch.rand(2, 3, 32, 32) * 2 - 1, text, tokens.half(), mask)  # 32 px data for a 16 px model
+    losses = model.training_losses(batch)
+    assert torch.isfinite(losses["loss"]) and "mse_v" in losses
+    losses["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None and not n.startswith("null_")]
+    assert not missing
+
+
+def test_config_round_trips_through_json_and_the_registry():
+    values = json.loads(json.dumps(dataclasses.asdict(DiffusionConfig.smoke())))
+    model = build_model("diffusion", values, TEXT_DIM)
+    assert model.config == DiffusionConfig.smoke()
+    assert model.family == "diffusion" and model.uses_tokens
+    assert list(model.param_groups()) == ["main"] == list(model.config.optimizer_settings())
