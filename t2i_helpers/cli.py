@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")
-    p.add_argument("--model", default="baseline", choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
     p.add_argument("--steps", type=int, default=None)
     p.set_defaults(func=_cmd_demo)
     return parser

@@ -29,7 +29,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def run_demo(model: str = "baseline", steps: int | None = None) -> Path:
+def run_demo(model: str = "diffusion", steps: int | None = None) -> Path:
     from .models import model_classes
     from .train import TrainConfig, load_run, pick_device, train
     from .viz import save_grid

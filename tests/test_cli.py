@@ -1,0 +1,81 @@
+"""The command line: what each command prints, and one-line errors with exit status 2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from t2i_helpers.cli import main
+
+
+def test_make_shapes_then_inspect_json(tmp_path, capsys):
+    assert main(["make-shapes", str(tmp_path / "s"), "--images", "40", "--size", "32", "--seed", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "40 images at 32px" in out and "captions_train.json" in out
+    ann = tmp_path / "s" / "annotations" / "captions_val.json"
+    assert main(["inspect", str(tmp_path / "s" / "images"), str(ann), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    expected = json.loads(ann.read_text())
+    assert stats["images"] == len(expected["images"]) and stats["captions"] == len(expected["annotations"])
+
+
+def test_inspect_coco_mini_val_reports_79_images_and_395_captions(coco_mini, capsys):
+    ann = coco_mini / "annotations" / "captions_val2017.json"
+    assert main(["inspect", str(coco_mini / "val2017"), str(ann), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["images"] == 79 and stats["captions"] == 395
+
+
+def test_inspect_human_readable_output_names_the_numbers(coco_mini, capsys):
+    assert main(["inspect", str(coco_mini / "train2017"), str(coco_mini / "annotations" / "captions_train2017.json")]) == 0
+    out = capsys.readouterr().out
+    assert "80" in out and "400" in out
+
+
+def test_a_json_that_is_not_coco_captions_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "not_coco.json"
+    bad.write_text(json.dumps({"hello": 1}))
+    assert main(["inspect", str(tmp_path), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "not_coco.json" in err and "\n" not in err
+
+
+def test_missing_annotation_file_is_one_line_error(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path), str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "missing.json" in err and "\n" not in err
+
+
+def test_train_sample_round_trip(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    main(["make-shapes", str(tmp_path / "s"), "--images", "40", "--size", "64", "--seed", "2"])
+    data = [str(tmp_path / "s" / "images"), str(tmp_path / "s" / "annotations" / "captions_train.json")]
+    assert main(["train", "--model", "baseline", "--data", *data, "--out", str(tmp_path / "run"), "--steps", "3",
+                 "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert "trained baseline to step 3" in capsys.readouterr().out
+    grid = tmp_path / "grid.png"
+    assert main(["sample", str(tmp_path / "run"), "--caption", "a red circle", "-n", "4", "--out", str(grid)]) == 0
+    assert "4 samples of baseline" in capsys.readouterr().out
+    with Image.open(grid) as image:
+        assert image.size == (4 * 64 + 5 * 2, 64 + 2 * 2)
+
+
+def test_sample_from_a_folder_without_checkpoint_is_one_line_error(tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "--caption", "x", "--out", str(tmp_path / "g.png")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_inception_offline_without_weights_is_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    main(["make-shapes", str(tmp_path / "s"), "--images", "20", "--size", "64", "--seed", "2"])
+    data = [str(tmp_path / "s" / "images"), str(tmp_path / "s" / "annotations" / "captions_train.json")]
+    main(["train", "--model", "baseline", "--data", *data, "--out", str(tmp_path / "run"), "--steps", "1",
+          "--batch-size", "4", "--device", "cpu", "--no-progress"])
+    capsys.readouterr()
+    code = main(["evaluate", str(tmp_path / "run"), "--data", *data, "--n", "8", "--fid", "inception"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--fid proxy" in err
