@@ -34,4 +34,4 @@ bench: $(STAMP)
 	$(PY) -m t2i_helpers bench data
 
 clean:
-	rm -rf runs figures data/cache data/shapes
+	rm -rf runs figures data/cache data/shapes*
