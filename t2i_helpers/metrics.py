@@ -29,7 +29,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 
 from t2i_helpers.config import data_dir
 from t2i_helpers.errors import AssetMissingError, DatasetError, T2IError
+from t2i_helpers.files import atomic_path
 
 __all__ = [
     "INCEPTION_URL",
@@ -117,17 +117,9 @@ class FeatureStats:
 
     def save(self, path: str | os.PathLike, meta: dict | None = None) -> Path:
         """Atomic ``.npz`` (temp file in the same folder, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:  # a file object: np.savez would add ".npz" to a name
-                np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), meta=np.array(json.dumps(meta or {})))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz"
+            np.savez(f, mu=self.mu, sigma=self.sigma, n=np.int64(self.n), meta=np.array(json.dumps(meta or {})))
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FeatureStats":

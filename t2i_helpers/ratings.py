@@ -16,7 +16,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from t2i_helpers.errors import T2IError
+from t2i_helpers.files import atomic_path
 
 FIELDS = ("timestamp", "rater", "item_id", "model", "caption", "realism", "match")
 SCALE = (1, 2, 3, 4, 5)
@@ -64,16 +64,10 @@ def append_rating(csv_path: str | os.PathLike, row: dict) -> None:
     writer.writerow({k: row[k] for k in FIELDS})
     if old and not old.endswith(b"\n"):
         old += b"\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(old + buffer.getvalue().encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(old + buffer.getvalue().encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _png_bytes(image: Any, display_size: int = 256) -> bytes:

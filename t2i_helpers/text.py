@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from t2i_helpers.config import data_dir
 from t2i_helpers.errors import AssetMissingError, T2IError
+from t2i_helpers.files import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -394,16 +395,10 @@ class TextEncoder(nn.Module):
 
 def _atomic_save(obj, path: Path) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(obj, (dict, list)) and path.suffix == ".json":
-            tmp.write_text(json.dumps(obj))
-        else:
-            torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if isinstance(obj, (dict, list)) and path.suffix == ".json":
+        atomic_write_text(path, json.dumps(obj))
+    else:
+        atomic_torch_save(obj, path)
 
 
 @dataclass(eq=False)

@@ -18,10 +18,8 @@ import copy
 import csv
 import dataclasses
 import json
-import math
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,7 @@ from torch import nn
 
 from .config import pick
 from .errors import TrainingError
+from .files import atomic_torch_save, atomic_write_text
 from .models import build_model, config_from_dict, default_config
 from .models.base import Batch, T2IModel
 
@@ -172,27 +171,6 @@ def text_config_for(train_config: TrainConfig) -> Any:
 
 
 # ------------------------------------------------------------------------------------- file helpers
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a kill mid-save keeps the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 

@@ -5,8 +5,6 @@ directly and they all look alike.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 
 from .config import figures_dir
+from .files import atomic_path
 
 STYLE = {
     "figure.dpi": 100,
@@ -45,15 +44,8 @@ use_style()
 
 
 def _atomic_savefig(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         fig.savefig(tmp, format=path.suffix.lstrip("."))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
@@ -90,17 +82,9 @@ def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int = 8
     """Write a sample grid as a PNG (atomically), e.g. for the CLI's ``sample --out grid.png``."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(image_grid(images, nrow=nrow)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def show_images(

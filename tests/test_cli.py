@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from t2i_helpers.cli import main

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from t2i_helpers.config import data_dir
 from t2i_helpers.errors import DatasetError
+from t2i_helpers.files import atomic_path, atomic_write_text
 
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 IMAGES_URL = "http://images.cocodataset.org/zips/{split}.zip"
@@ -143,14 +144,8 @@ def _extract_members(archive: Path, members: list[str], out_dir: Path) -> None:
             for name in members:
                 target = out_dir / Path(name).name
                 target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-                try:
-                    with os.fdopen(fd, "wb") as f, z.open(name) as src:
-                        shutil.copyfileobj(src, f, CHUNK)
-                    os.replace(tmp, target)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                with atomic_path(target) as tmp, open(tmp, "wb") as f, z.open(name) as src:
+                    shutil.copyfileobj(src, f, CHUNK)
     except zipfile.BadZipFile as err:
         raise DatasetError(f"{archive}: not a valid zip file ({err}); delete it and run again") from None
     except KeyError as err:
@@ -242,10 +237,7 @@ def download_coco(
     ids = {e["id"] for e in entries}
     subset = dict(data, images=entries, annotations=[a for a in data["annotations"] if a["image_id"] in ids])
     subset_file = ann_dir / f"captions_{split}_first{max_images}.json"
-    fd, tmp = tempfile.mkstemp(dir=ann_dir, prefix=f".{subset_file.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(subset))
-    os.replace(tmp, subset_file)
+    atomic_write_text(subset_file, json.dumps(subset))
     return CocoDownload(root, image_root, subset_file, len(entries))
 
 

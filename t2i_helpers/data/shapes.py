@@ -18,7 +18,6 @@ import argparse
 import io
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from t2i_helpers.errors import T2IError
+from t2i_helpers.files import atomic_write_bytes
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -280,18 +280,6 @@ def _balanced_pairs(split: str, n: int, rng: np.random.Generator) -> list[tuple[
     return out[:n]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_png(path: Path, pixels: np.ndarray) -> None:
     buffer = io.BytesIO()
     # compress_level=1: lossless like any PNG, several times faster to write than the default 6
@@ -378,8 +366,8 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
         for _ in pool.map(_render_and_write, jobs):
             pass
     # The JSON files last: their presence says the images are complete.
-    _atomic_write_bytes(paths.train_json, _coco_json("train", config, train[0], train[1]))
-    _atomic_write_bytes(paths.val_json, _coco_json("val", config, val[0], val[1]))
+    atomic_write_bytes(paths.train_json, _coco_json("train", config, train[0], train[1]))
+    atomic_write_bytes(paths.val_json, _coco_json("val", config, val[0], val[1]))
     return paths
 
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,11 +23,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2i_helpers.config import data_dir, pick
 from t2i_helpers.errors import T2IError
+from t2i_helpers.files import atomic_torch_save
 
 
 def _default_classes() -> dict[str, list[str]]:
@@ -351,15 +352,7 @@ def save_classifier(model: AttributeClassifier, path: str | os.PathLike, report:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": model.state_dict(), "config": json.dumps(asdict(model.config)),
                "report": json.dumps(report or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_classifier(path: str | os.PathLike) -> tuple[AttributeClassifier, dict]:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,11 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2i_helpers.config import data_dir, pick
 from t2i_helpers.errors import T2IError
+from t2i_helpers.files import atomic_torch_save
 
 
 @dataclass
@@ -251,15 +252,7 @@ def save_clip(model: ContrastiveModel, path: str | os.PathLike, report: dict | N
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state_dict": model.state_dict(), "text_dim": model.text_dim,
                "config": json.dumps(asdict(model.config)), "report": json.dumps(report or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def load_clip(path: str | os.PathLike) -> tuple[ContrastiveModel, dict]:
