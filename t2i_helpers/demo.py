@@ -39,11 +39,11 @@ def run_demo(model: str = "diffusion", steps: int | None = None) -> Path:
     config_cls, _ = model_classes(model)
     # Without a GPU the demo trains the small (smoke-sized) model so it finishes in minutes.
     model_config = config_cls.smoke() if on_cpu else config_cls()
-    steps = steps or (pick(400, 60) if on_cpu else 3000)
+    steps = steps or (pick(300, 60) if on_cpu else 3000)
     out = runs_dir() / f"demo-{model}"
     print(f"demo: training {model} for {steps} steps on {root.name} ({'CPU' if on_cpu else 'GPU'})", flush=True)
     train(model, root / "images", root / "annotations" / "captions_train.json", out,
-          TrainConfig(steps=steps, batch_size=pick(64, 16) if on_cpu else 128, checkpoint_every=0, sample_every=0),
+          TrainConfig(steps=steps, batch_size=pick(32, 16) if on_cpu else 128, checkpoint_every=0, sample_every=0),
           model_config=model_config)
     run = load_run(out)
     for caption in DEMO_CAPTIONS:
