@@ -343,8 +343,11 @@ class TextEncoder(nn.Module):
 
     # -- encoding ------------------------------------------------------------------------------
     def _encode_batch(self, captions: list[str]) -> TextFeatures:
-        inputs = self.tokenize(captions)
-        hidden = self.bert(**inputs).last_hidden_state  # [B, l, D], l = longest caption in batch
+        # Always pad to max_length: with "longest" padding a caption's vector moved by ~1e-6 with the
+        # other captions in its batch, so cached embeddings (and everything trained on them) depended
+        # on what had been encoded together.
+        inputs = self.tokenize(captions, padding="max_length")
+        hidden = self.bert(**inputs).last_hidden_state  # [B, max_length, D]
         mask = inputs["attention_mask"].bool()
         pooled = cls_pool(hidden) if self.config.pooling == "cls" else mean_pool(hidden, mask)
         # Pad to max_length so every batch (and the cached table) has the same token shape.
@@ -504,7 +507,8 @@ def model_key(config: TextEncoderConfig) -> str:
             name, ident = source.resolve().name, _fingerprint(source)
         else:
             name, ident = source.replace("/", "--"), source
-    digest = json.dumps([name, ident, int(config.max_length), config.pooling])
+    # "v2": vectors computed with padding to max_length (batch-independent); older caches are not reused.
+    digest = json.dumps([name, ident, int(config.max_length), config.pooling, "v2"])
     short = hashlib.sha1(digest.encode()).hexdigest()[:10]
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     return f"{safe}-L{config.max_length}-{config.pooling}-{short}"

