@@ -167,7 +167,7 @@ __all__ = ["bench_data"]
 
 
 def bench_train(
-    family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int = 64,
+    family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int | None = None,
     sample_steps: int = 25, guidance: float = 3.0, shapes_images: int | None = None, device: str = "auto",
     precision: str = "auto", work_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -190,8 +190,9 @@ def bench_train(
     steps = steps or (pick(60, 15) if not on_gpu else 100)
     batch_size = batch_size or (256 if on_gpu else pick(64, 16))
     model_config = default_config(family)
-    if hasattr(model_config, "image_size"):
-        model_config.image_size = image_size
+    if image_size is None:
+        image_size = model_config.image_size  # the family's own size (smaller in smoke mode)
+    model_config.image_size = image_size
     tmp = tempfile.TemporaryDirectory(prefix="t2i-bench-") if work_dir is None else None
     work = Path(work_dir or tmp.name)
     try:

@@ -188,3 +188,15 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(shapes, tmp_path)
     # Only rank 0 wrote the run folder; the weights moved away from a fresh initialisation.
     assert (tmp_path / "run" / "checkpoint.pt").exists()
     assert read_metrics(tmp_path / "run")["step"] == [1, 2, 3, 4]
+
+
+def test_bench_train_reports_speed_profile_and_size(monkeypatch):
+    from t2i_helpers.bench import bench_train
+    from t2i_helpers.models import build_model, default_config
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    result = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu")
+    expected_params = sum(p.numel() for p in build_model("baseline", default_config("baseline"), 384).parameters())
+    assert result["parameters"] == expected_params and result["precision"] == "fp32"
+    assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
+    assert result["image_size"] == default_config("baseline").image_size
