@@ -169,7 +169,7 @@ __all__ = ["bench_data"]
 def bench_train(
     family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int | None = None,
     sample_steps: int = 25, guidance: float = 3.0, shapes_images: int | None = None, device: str = "auto",
-    precision: str = "auto", work_dir: str | os.PathLike | None = None,
+    precision: str = "auto", work_dir: str | os.PathLike | None = None, text_model: str | None = None,
 ) -> dict[str, Any]:
     """Training and sampling speed of one model family on Shapes, with the engine's own step.
 
@@ -188,7 +188,7 @@ def bench_train(
     prec = pick_precision(precision, dev)
     on_gpu = dev.type == "cuda"
     steps = steps or (pick(60, 15) if not on_gpu else 100)
-    batch_size = batch_size or (256 if on_gpu else pick(64, 16))
+    batch_size = batch_size or (256 if on_gpu else pick(64, 8))  # smoke: the smoke runs' own batch
     model_config = default_config(family)
     if image_size is None:
         image_size = model_config.image_size  # the family's own size (smaller in smoke mode)
@@ -199,6 +199,8 @@ def bench_train(
         paths = make_shapes(work / "shapes", ShapesConfig(images=shapes_images or pick(2000, 200),
                                                            image_size=image_size, seed=0))
         train_config = TrainConfig(batch_size=batch_size, device=str(dev), precision=prec, progress=False)
+        if text_model is not None:  # e.g. a float16 export carried to a machine without the MiniLM wheel
+            train_config.text_model = text_model
         from t2i_helpers.models import model_classes
 
         uses_tokens = model_classes(family)[1].uses_tokens

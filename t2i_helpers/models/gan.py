@@ -22,7 +22,7 @@ from memorising a small training set.
 Phases for the training engine: ``"d"`` (discriminator step) then ``"g"`` (generator step).
 
 Parameter counts with a 384-d text encoder (checked in ``tests/test_gan.py``):
-``GANConfig()`` (64 px) G 14.2 M + D 13.4 M; ``GANConfig.smoke()`` (32 px) G 0.24 M + D 0.12 M.
+``GANConfig()`` (64 px) G 14.2 M + D 13.4 M; ``GANConfig.smoke()`` (32 px) G 0.09 M + D 0.04 M.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ class GANConfig:
     def smoke(cls) -> "GANConfig":
         """A tiny CPU variant. MA-GP is off: its second-order gradient makes a D step about twice as
         slow, and a smoke run only checks that training runs (the tests cover MA-GP)."""
-        return cls(image_size=32, noise_dim=32, gen_channels=8, disc_channels=8, disc_text_dim=32, ma_gp_weight=0.0)
+        return cls(image_size=32, noise_dim=16, gen_channels=4, disc_channels=4, disc_text_dim=32, ma_gp_weight=0.0)
 
     def optimizer_settings(self) -> dict[str, dict]:
         """Adam settings per phase, read by the engine (one optimizer per parameter group)."""
