@@ -42,7 +42,7 @@ def _train_config(args: argparse.Namespace):
 
     config = TrainConfig()
     for name in ("steps", "batch_size", "lr", "seed", "device", "precision", "checkpoint_every", "sample_every",
-                 "text_model"):
+                 "text_model", "max_minutes"):
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -56,10 +56,19 @@ def _train_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> None:
     from .train import train
 
+    from .train import SESSION_FIELDS
+
     image_root, ann_file = args.data
+    if args.resume:
+        ignored = [f"--{name.replace('_', '-')}" for name in ("batch_size", "lr", "seed", "device", "precision",
+                                                             "text_model") if getattr(args, name) is not None]
+        if ignored:
+            print(f"note: --resume continues with the run's saved settings; ignored: {', '.join(ignored)} "
+                  f"(only {', '.join('--' + n.replace('_', '-') for n in SESSION_FIELDS[:4])} apply)")
     result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
-    print(f"trained {args.model} to step {result.step}: {losses}; {result.images_per_s:.0f} images/s")
+    budget = " (time budget reached)" if result.stopped_by_time else ""
+    print(f"trained {args.model} to step {result.step}{budget}: {losses}; {result.images_per_s:.0f} images/s")
     print(f"run folder: {result.run_dir}")
 
 
@@ -78,9 +87,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .metrics import evaluate_run, format_report
 
     image_root, ann_file = args.data
+    options = {k: v for k, v in (("guidance", args.guidance), ("steps", args.sample_steps)) if v is not None}
     report = evaluate_run(args.run, image_root, ann_file, n=args.n, fid=args.fid,
-                          inception_weights=args.inception_weights, seed=args.seed)
+                          inception_weights=args.inception_weights, seed=args.seed, generate_options=options,
+                          contrastive=not args.no_retrieval)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import CompareConfig, compare_models
+
+    config = CompareConfig(families=tuple(args.models), seed=args.seed, device=args.device, fid=args.fid,
+                           inception_weights=str(args.inception_weights) if args.inception_weights else None)
+    for name in ("minutes", "max_steps", "batch_size", "guidance", "sample_steps", "text_model"):
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
+    for item in args.minutes_for or []:
+        family, _, value = item.partition("=")
+        try:
+            config.minutes_by_model[family] = float(value)
+        except ValueError:
+            raise T2IError(f"--minutes-for expects MODEL=MINUTES, e.g. diffusion=6, got {item!r}") from None
+    if args.n is not None:
+        config.eval_captions = args.n
+    result = compare_models(*args.data, args.out, config)
+    if args.json:
+        print(json.dumps({"rows": result.rows}, indent=2, default=str))
+    else:
+        print(result.table)
+    print(f"results: {result.table_path}, {result.json_path}; figure: {result.figure_paths[0]} (+ .pdf)")
+
+
+def _cmd_export_text_model(args: argparse.Namespace) -> None:
+    from .text import export_text_model
+
+    out = export_text_model(args.out, args.model, half=not args.fp32)
+    size = sum(p.stat().st_size for p in out.iterdir()) / 1e6
+    print(f"text encoder {args.model} -> {out} ({size:.0f} MB, {'float32' if args.fp32 else 'float16'}); "
+          f"use it with --text-model {out}")
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
@@ -89,7 +133,8 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if args.what == "data":
         result = bench.bench_data()
     elif args.what == "train":
-        result = bench.bench_train(args.model, steps=args.steps, batch_size=args.batch_size)
+        result = bench.bench_train(args.model, steps=args.steps, batch_size=args.batch_size,
+                                   text_model=args.text_model)
     else:
         from .metrics import bench_eval
 
@@ -139,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--sample-every", type=int)
     p.add_argument("--text-model", help="BERT name or folder (default all-MiniLM-L6-v2, offline)")
+    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt up to --steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -162,14 +208,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fid", choices=["inception", "proxy"], default="inception")
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (diffusion)")
+    p.add_argument("--sample-steps", type=int, help="DDIM steps for the samples (diffusion)")
+    p.add_argument("--no-retrieval", action="store_true", help="skip the CLIP-style model and R-precision")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("compare", help="train several models for the same time, one results table + figure")
+    p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "TRAIN_JSON"),
+                   help="the train split; the val split next to it is scored")
+    p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
+    p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"],
+                   choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--minutes", type=float, help="training time per model (default 10; smoke mode 0.1)")
+    p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
+    p.add_argument("--max-steps", type=int, help="upper bound on steps per model")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--n", type=int, help="validation captions to generate and score per model")
+    p.add_argument("--guidance", type=float, help="diffusion guidance (default 3)")
+    p.add_argument("--sample-steps", type=int, help="diffusion DDIM steps (default 25)")
+    p.add_argument("--fid", choices=["inception", "proxy"], default="proxy")
+    p.add_argument("--inception-weights", type=Path)
+    p.add_argument("--text-model", help="BERT name or folder (default all-MiniLM-L6-v2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("export-text-model", help="save the text encoder as a folder (float16) for offline machines")
+    p.add_argument("out", type=Path)
+    p.add_argument("--model", default="all-MiniLM-L6-v2")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the size)")
+    p.set_defaults(func=_cmd_export_text_model)
 
     p = sub.add_parser("bench", help="speed benchmarks, printed as JSON")
     p.add_argument("what", choices=["data", "train", "eval"])
     p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--text-model", help="bench train: BERT name or folder (default all-MiniLM-L6-v2)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")

@@ -654,7 +654,8 @@ def sample_caption_ids(data: EvalData, n: int, seed: int = 0) -> np.ndarray:
 def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_file: str | os.PathLike,
                  n: int = 1000, fid: str = "proxy", inception_weights: str | os.PathLike | None = None,
                  seed: int = 0, batch_size: int = 100, contrastive: bool = True, device: str = "auto",
-                 classifier_config: Any = None, clip_config: Any = None, n_real: int | None = None) -> dict:
+                 classifier_config: Any = None, clip_config: Any = None, n_real: int | None = None,
+                 generate_options: dict | None = None) -> dict:
     """Generate ``n`` images for (a seeded sample of) the split's captions and score them.
 
     ``ann_file`` is the split to evaluate (normally val). On Shapes the attribute classifier trains
@@ -662,7 +663,8 @@ def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_
     the train split's captions, embedded by the run's own text encoder (cached), for R-precision
     (and for the proxy FID on COCO). ``classifier_config`` / ``clip_config`` override those models'
     default (full or smoke) configurations. Real statistics use every image of the split unless
-    ``n_real`` picks a seeded sample.
+    ``n_real`` picks a seeded sample. ``generate_options`` go to the sampler (e.g. ``guidance``,
+    ``steps`` for diffusion) and are recorded in the report.
     """
     from t2i_helpers.models.classifier import _sibling, load_or_train_attribute_classifier
     from t2i_helpers.train import load_run
@@ -674,7 +676,8 @@ def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_
     size = int(getattr(run.model_config, "image_size", 64))
     data = load_eval_data(image_root, ann_file, image_size=size)
     ids = sample_caption_ids(data, n, seed)
-    chunks = [run.generate([data.captions[i] for i in ids[s:s + batch_size]], seed=seed + s)
+    options = dict(generate_options or {})
+    chunks = [run.generate([data.captions[i] for i in ids[s:s + batch_size]], seed=seed + s, **options)
               for s in range(0, len(ids), batch_size)]
     images = torch.cat(chunks).float().cpu()
 
@@ -697,7 +700,7 @@ def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_
         extra["contrastive"] = {k: clip_report.get(k) for k in ("val_r_precision", "train_images", "steps")}
     report = evaluate_images(images, ids, data, fid=fid, classifier=classifier, inception_weights=inception_weights,
                              contrastive=model, caption_embeddings=caption_emb, n_real=n_real, seed=seed, device=dev)
-    report.update(run=str(run_dir), family=run.family, step=run.step, **extra)
+    report.update(run=str(run_dir), family=run.family, step=run.step, generate_options=options, **extra)
     return report
 
 

@@ -46,7 +46,7 @@ class TrainConfig:
     """How to train (what to train is the model's own config)."""
 
     steps: int = field(default_factory=lambda: pick(5000, 60))  # total steps of the run; --resume continues to it
-    batch_size: int = field(default_factory=lambda: pick(128, 16))  # per process under torchrun
+    batch_size: int = field(default_factory=lambda: pick(128, 8))  # per process under torchrun
     lr: float | None = None  # None: the model family's own suggestion (config.optimizer_settings())
     warmup_steps: int = field(default_factory=lambda: pick(200, 0))  # linear LR warm-up, then constant
     weight_decay: float = 0.0
@@ -62,6 +62,9 @@ class TrainConfig:
     text_model: str = "all-MiniLM-L6-v2"
     max_length: int = 32
     compile: bool = False  # torch.compile the loss computation (GPU runs)
+    # Stop after this many minutes of training (data preparation not counted), checkpoint included:
+    # for comparisons at a fixed time budget. ``steps`` stays the upper bound.
+    max_minutes: float | None = None
     # tqdm progress bar; off in smoke mode, where runs are seconds long and notebook outputs must stay stable
     progress: bool = field(default_factory=lambda: pick(True, False))
 
@@ -113,8 +116,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = self.decay_at(step)
-        for ema_p, p in zip(self.model.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - d)
+        ema_params = list(self.model.parameters())
+        if ema_params:  # one fused call instead of a small kernel per tensor
+            torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - d)
         for ema_b, b in zip(self.model.buffers(), model.buffers()):
             ema_b.copy_(b)
 
@@ -266,6 +270,13 @@ class RunResult:
     images_per_s: float
     encoded: int
     from_cache: int
+    train_seconds: float = 0.0  # wall time of this call's training loop (this session only, on a resume)
+    stopped_by_time: bool = False  # max_minutes ran out before ``steps``
+
+
+# Settings of one training session rather than of the run: on --resume they come from the caller,
+# everything else from the checkpoint (changing the rest would not continue the same run).
+SESSION_FIELDS = ("steps", "max_minutes", "checkpoint_every", "sample_every", "log_every", "progress", "compile")
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -282,6 +293,18 @@ def _fixed_sample_captions(cache: Any, n: int) -> list[str]:
     return [captions[per_image[i][0]] for i in picks]
 
 
+def _adamw(params: list[nn.Parameter], **settings) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where this torch has one for the parameters' device.
+
+    The fused update is one kernel for all tensors instead of several per tensor: on a small model
+    the per-tensor loop costs as much as the forward pass (measured: 4x less optimizer time on the CPU).
+    """
+    try:
+        return torch.optim.AdamW(params, fused=True, **settings)
+    except (RuntimeError, ValueError, TypeError):  # e.g. a device or dtype without a fused kernel
+        return torch.optim.AdamW(params, **settings)
+
+
 def build_optimizers(model: T2IModel, model_config: Any, train_config: TrainConfig):
     """One AdamW per parameter group, with the family's suggested lr/betas unless --lr overrides."""
     settings = model_config.optimizer_settings() if hasattr(model_config, "optimizer_settings") else {}
@@ -291,7 +314,7 @@ def build_optimizers(model: T2IModel, model_config: Any, train_config: TrainConf
         s = dict(settings.get(phase, {}))
         suggested = s.pop("lr", 2e-4)
         base_lr[phase] = train_config.lr if train_config.lr is not None else suggested
-        optimizers[phase] = torch.optim.AdamW(params, lr=base_lr[phase], weight_decay=train_config.weight_decay, **s)
+        optimizers[phase] = _adamw(params, lr=base_lr[phase], weight_decay=train_config.weight_decay, **s)
     return optimizers, base_lr
 
 
@@ -342,8 +365,9 @@ def train(
     """Train ``family`` ('baseline', 'gan', 'diffusion') on a COCO-format caption dataset.
 
     With ``resume=True`` the run continues from ``out_dir/checkpoint.pt`` up to ``train_config.steps``
-    (the run's total); everything else comes from the checkpoint, so the result is the same as one
-    uninterrupted run.
+    (the run's total); only the session settings (:data:`SESSION_FIELDS`) come from ``train_config``,
+    everything else from the checkpoint, so the result is the same as one uninterrupted run.
+    ``train_config.max_minutes`` stops early (with a checkpoint) when the time is up.
     """
     out = Path(out_dir)
     rank, local_rank, world = _distributed()
@@ -357,9 +381,14 @@ def train(
         saved = json.loads(checkpoint["config"])
         if saved["family"] != family:
             raise TrainingError(f"--resume: {out} holds a {saved['family']!r} run, not {family!r}")
-        new_steps = (train_config or TrainConfig()).steps
-        train_config = TrainConfig(**saved["train"])
-        train_config.steps = new_steps
+        given, defaults = train_config or TrainConfig(), TrainConfig()
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        train_config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
+        # steps and max_minutes are this session's goal; the other session settings keep their saved
+        # values unless the caller changed them from the defaults.
+        for name in SESSION_FIELDS:
+            if name in ("steps", "max_minutes") or getattr(given, name) != getattr(defaults, name):
+                setattr(train_config, name, getattr(given, name))
         model_config = config_from_dict(family, saved["model"])
     train_config = train_config or TrainConfig()
     model_config = model_config if model_config is not None else default_config(family)
@@ -485,8 +514,11 @@ def train(
     images_per_s = 0.0
     batches = iter(loader)
     model.train()
+    start = time.perf_counter()
+    deadline = start + 60 * train_config.max_minutes if train_config.max_minutes else None
+    out_of_time = False
     try:
-        while step < train_config.steps:
+        while step < train_config.steps and not out_of_time:
             batch = next(batches)
             warm = min(1.0, (step + 1) / train_config.warmup_steps) if train_config.warmup_steps > 0 else 1.0
             step_losses = optimisation_step(
@@ -498,7 +530,14 @@ def train(
             window_images += len(batch) * world
             last_losses = step_losses
 
-            if is_main and (step % train_config.log_every == 0 or step == train_config.steps):
+            if deadline is not None:
+                out_of_time = time.perf_counter() >= deadline
+                if world > 1:  # every rank stops at the same step: rank 0's clock decides
+                    flag = torch.tensor([float(out_of_time)], device=device)
+                    torch.distributed.broadcast(flag, src=0)
+                    out_of_time = bool(flag.item())
+            final = step == train_config.steps or out_of_time
+            if is_main and (step % train_config.log_every == 0 or final):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 elapsed = time.perf_counter() - window_start
@@ -508,7 +547,6 @@ def train(
                            "images_per_s": round(images_per_s, 1)})
                 bar.set_postfix({k: f"{v:.4f}" for k, v in list(step_losses.items())[:3]} | {"img/s": f"{images_per_s:.0f}"})
             bar.update(1)
-            final = step == train_config.steps
             if (train_config.sample_every and step % train_config.sample_every == 0) or final:
                 write_samples()
             if (train_config.checkpoint_every and step % train_config.checkpoint_every == 0) or final:
@@ -520,8 +558,11 @@ def train(
         ) from None
     finally:
         bar.close()
-
-    return RunResult(out, step, last_losses, images_per_s, data.encoded, data.from_cache)
+    seconds = time.perf_counter() - start
+    if out_of_time and is_main:
+        print(f"time budget: stopped at step {step} of {train_config.steps} after {seconds / 60:.1f} min "
+              f"(max_minutes {train_config.max_minutes:g})", flush=True)
+    return RunResult(out, step, last_losses, images_per_s, data.encoded, data.from_cache, seconds, out_of_time)
 
 
 # ------------------------------------------------------------------------------------------ sampling

@@ -77,3 +77,16 @@ def test_evaluate_inception_offline_without_weights_is_one_line_error(tmp_path, 
     code = main(["evaluate", str(tmp_path / "run"), "--data", *data, "--n", "8", "--fid", "inception"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "--fid proxy" in err
+
+
+def test_resume_says_which_flags_it_ignores_and_max_minutes_stops(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    main(["make-shapes", str(tmp_path / "s"), "--images", "40", "--size", "32", "--seed", "2"])
+    data = [str(tmp_path / "s" / "images"), str(tmp_path / "s" / "annotations" / "captions_train.json")]
+    common = ["train", "--model", "baseline", "--data", *data, "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*common, "--steps", "1000", "--max-minutes", "0.0000001", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "trained baseline to step 1 (time budget reached)" in out
+    assert main([*common, "--steps", "2", "--resume", "--lr", "0.5", "--batch-size", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "ignored: --batch-size, --lr" in out and "trained baseline to step 2:" in out

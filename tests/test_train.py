@@ -200,3 +200,61 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
     assert result["parameters"] == expected_params and result["precision"] == "fp32"
     assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
     assert result["image_size"] == default_config("baseline").image_size
+
+
+def test_time_budget_stops_early_with_a_checkpoint_and_resume_goes_on(shapes, tmp_path, capsys):
+    run = tmp_path / "run"
+    result = train("baseline", *shapes, run, _config(steps=10_000, max_minutes=1e-9), model_config=TINY)
+    assert result.stopped_by_time and result.step == 1
+    assert "time budget: stopped at step 1 of 10000" in capsys.readouterr().out
+    assert torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["step"] == 1
+    assert read_metrics(run)["step"] == [1]
+    resumed = train("baseline", *shapes, run, _config(steps=3), resume=True)  # no budget this session
+    assert resumed.step == 3 and not resumed.stopped_by_time
+
+
+def test_resume_keeps_the_runs_settings_and_takes_only_session_ones(shapes, tmp_path):
+    run = tmp_path / "run"
+    train("baseline", *shapes, run, _config(steps=2, lr=1e-3), model_config=TINY)
+    train("baseline", *shapes, run, _config(steps=3, lr=5.0, batch_size=2, log_every=3), resume=True)
+    saved = json.loads((run / "config.json").read_text())["train"]
+    assert saved["lr"] == 1e-3 and saved["batch_size"] == 8  # the run's own, not this call's
+    assert saved["steps"] == 3 and saved["log_every"] == 3  # session settings from this call
+    assert read_metrics(run)["step"] == [1, 2, 3]
+
+
+def test_ema_update_matches_the_per_tensor_formula():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.9)
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in (1, 2, 50):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.randn(5, 3))  # moves the BatchNorm buffers
+        ema.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    for e, p in zip(expected, ema.model.parameters()):
+        torch.testing.assert_close(p, e)
+    for b_ema, b in zip(ema.model.buffers(), model.buffers()):
+        assert torch.equal(b_ema, b)
+
+
+def test_optimizers_take_the_same_step_as_plain_adamw():
+    from t2i_helpers.train import build_optimizers
+
+    torch.manual_seed(0)
+    model = TextToImageModel(TINY, text_dim=8)
+    reference = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    optimizers, _ = build_optimizers(model, TINY, _config(lr=1e-2, weight_decay=0.01))
+    plain = torch.optim.AdamW(reference, lr=1e-2, weight_decay=0.01, foreach=False)
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in reference]
+        for p, q, g in zip(model.parameters(), reference, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizers["main"].step()
+        plain.step()
+    for p, q in zip(model.parameters(), reference):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
