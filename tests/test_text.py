@@ -310,3 +310,22 @@ def test_a_captions_vector_does_not_depend_on_its_batch(encoder):
     alone = encoder.encode(captions[:1]).pooled
     together = encoder.encode(captions).pooled[:1]
     assert torch.equal(alone, together)
+
+
+def test_float16_export_loads_as_float32_and_encodes_like_the_original(tmp_path, capsys):
+    from t2i_helpers.cli import main
+    from t2i_helpers.text import TextEncoder, TextEncoderConfig, model_key
+
+    out = tmp_path / "minilm-fp16"
+    assert main(["export-text-model", str(out)]) == 0
+    assert f"use it with --text-model {out}" in capsys.readouterr().out
+    assert (out / "config.json").is_file() and sum(p.stat().st_size for p in out.iterdir()) < 60e6
+    assert not list(tmp_path.glob(".minilm-fp16.*"))  # the temporary folder is gone
+    copy = TextEncoder(TextEncoderConfig(model_name=str(out), device="cpu"))
+    original = TextEncoder(TextEncoderConfig(device="cpu"))
+    assert next(copy.bert.parameters()).dtype == torch.float32
+    captions = ["a small red circle at the top", "a large blue square"]
+    a, b = copy.encode(captions).pooled, original.encode(captions).pooled
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.999
+    assert not torch.equal(a, b)  # float16 weights: close, not the same vectors ...
+    assert model_key(copy.config) != model_key(original.config)  # ... so they are cached apart

@@ -1,0 +1,193 @@
+"""Train several model families for the same time budget, score them the same way, report one table.
+
+This is the experiment behind the course's results table (notebook 04's question, "which model
+generates what the caption asks for?", answered at a fixed budget): each family trains for
+``minutes`` on the same data, then generates images for the same seeded validation captions, which
+the evaluation code scores (attribute accuracy on Shapes, FID or the labelled proxy). The grid figure
+shows the real image and every model for the same captions and seeds.
+
+``python -m t2i_helpers compare --data IMAGES TRAIN_JSON --out runs/compare --minutes 10`` runs it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import pick
+from .errors import T2IError
+from .files import atomic_write_text
+
+ATTRIBUTES = ("color", "shape", "size", "position")
+
+
+@dataclass
+class CompareConfig:
+    """What to compare and how long each model may train."""
+
+    families: tuple[str, ...] = ("baseline", "gan", "diffusion")
+    minutes: float = field(default_factory=lambda: pick(10.0, 0.1))  # training time per model
+    minutes_by_model: dict[str, float] = field(default_factory=dict)  # overrides, e.g. {"diffusion": 6.0}
+    max_steps: int = field(default_factory=lambda: pick(1_000_000, 30))  # upper bound; the budget stops first
+    batch_size: int | None = None  # None: the engine's default (128 on a GPU run)
+    eval_captions: int = field(default_factory=lambda: pick(1000, 32))  # generated images scored per model
+    guidance: float = 3.0  # diffusion: classifier-free guidance for every image scored and shown
+    sample_steps: int = 25  # diffusion: DDIM steps
+    grid_captions: int = 8
+    fid: str = "proxy"  # "inception" needs the Inception weights (see metrics.inception_network)
+    inception_weights: str | None = None
+    text_model: str = "all-MiniLM-L6-v2"
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class CompareResult:
+    rows: list[dict[str, Any]]  # one per family: training and evaluation figures
+    table: str  # the rows as a Markdown table
+    json_path: Path
+    table_path: Path
+    figure_paths: tuple[Path, Path]  # PNG and PDF of the sample grid
+
+
+def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
+    """Caption rows for the figure: on Shapes a mix of fully specified captions, captions that leave
+    size or position open (where regression blurs) and held-out colour-shape pairs; else a seeded sample."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data.captions))
+    if not data.is_shapes:
+        return [int(i) for i in order[:n]]
+    held = data.held_out_captions()
+    full = [i for i in order if len(data.mentions[i]) == len(ATTRIBUTES) and not held[i]]
+    partial = [i for i in order if len(data.mentions[i]) < len(ATTRIBUTES) and not held[i]]
+    unseen = [i for i in order if held[i]]
+    n_unseen = min(len(unseen), n // 4)
+    n_full = (n - n_unseen) // 2
+    picked = full[:n_full] + partial[: n - n_unseen - n_full] + unseen[:n_unseen]
+    picked += [i for i in order if i not in picked][: n - len(picked)]  # small splits: fill up
+    return [int(i) for i in picked]
+
+
+def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig) -> dict:
+    from .models import default_config
+    from .train import TrainConfig, load_run, train
+
+    model_config = default_config(family)
+    minutes = config.minutes_by_model.get(family, config.minutes)
+    train_config = TrainConfig(steps=config.max_steps, max_minutes=minutes, seed=config.seed,
+                               device=config.device, text_model=config.text_model, checkpoint_every=0,
+                               sample_every=0)
+    if config.batch_size is not None:
+        train_config.batch_size = config.batch_size
+    record = run_dir / "training.json"
+    settings = {"model": asdict(model_config), "train": asdict(train_config)}
+    if record.exists() and (run_dir / "checkpoint.pt").exists():
+        saved = json.loads(record.read_text())
+        if saved.get("settings") == json.loads(json.dumps(settings)):
+            print(f"{family}: reusing the finished run in {run_dir}", flush=True)
+            return saved["result"]
+    result = train(family, image_root, train_ann, run_dir, train_config, model_config)
+    run = load_run(run_dir, device="cpu")
+    summary = {
+        "steps": result.step,
+        "train_minutes": round(result.train_seconds / 60, 2),
+        "train_images_per_s": round(result.step * train_config.batch_size / max(result.train_seconds, 1e-9), 1),
+        "batch_size": train_config.batch_size,
+        "parameters": sum(p.numel() for p in run.model.parameters()),
+        "image_size": model_config.image_size,
+        "stopped_by_time": result.stopped_by_time,
+    }
+    atomic_write_text(record, json.dumps({"settings": settings, "result": summary}, indent=2))
+    return summary
+
+
+def _row(family: str, training: dict, report: dict) -> dict[str, Any]:
+    row: dict[str, Any] = {"model": family, **training}
+    acc = report.get("attribute_accuracy") or {}
+    for group in ("val", "held_out", "real_images"):
+        if group in acc:
+            row[f"{group}_all"] = acc[group]["all"]
+            row[f"{group}_n"] = acc[group]["n"]
+    for attr in ATTRIBUTES:
+        if "val" in acc:
+            row[f"val_{attr}"] = acc["val"].get(attr)
+    for key in ("fid", "fid_proxy"):
+        if key in report:
+            row[key] = report[key]
+    row["generate_options"] = report.get("generate_options", {})
+    return row
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: one line per model; accuracies are shares of captions with every mentioned attribute right."""
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    fid_key = "fid" if any("fid" in r for r in rows) else "fid_proxy"
+    head = ["model", "params", "steps", "train min", "img/s", "all right (val)", "all right (held-out pairs)",
+            *ATTRIBUTES, fid_key.replace("_", " ")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], f"{r['parameters'] / 1e6:.1f}M", str(r["steps"]), f"{r['train_minutes']:.1f}",
+                 f"{r['train_images_per_s']:.0f}", pct(r.get("val_all")), pct(r.get("held_out_all")),
+                 *[pct(r.get(f"val_{a}")) for a in ATTRIBUTES],
+                 "-" if fid_key not in r else f"{r[fid_key]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    real = next((r.get("real_images_all") for r in rows if r.get("real_images_all") is not None), None)
+    if real is not None:
+        lines.append(f"\nThe attribute classifier on the real validation images: {pct(real)} all right.")
+    return "\n".join(lines)
+
+
+def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str | Path,
+                   config: CompareConfig | None = None) -> CompareResult:
+    """Train each family in ``config.families`` for ``config.minutes``, evaluate on the val split
+    next to ``train_ann``, and write ``results.json``, ``results.md`` and the sample-grid figure."""
+    import matplotlib.pyplot as plt
+
+    from .metrics import evaluate_run, load_eval_data
+    from .models.classifier import _sibling
+    from .train import load_run
+    from .viz import image_rows, save_figure
+
+    config = config or CompareConfig()
+    image_root, train_ann, out = Path(image_root), Path(train_ann), Path(out_dir)
+    val_ann = _sibling(train_ann, "val")
+    if val_ann is None:
+        raise T2IError(f"compare needs the val split next to {train_ann} (e.g. captions_val.json)")
+    rows, samples = [], {}
+    val = None
+    for family in config.families:
+        run_dir = out / family
+        training = _train_one(family, image_root, train_ann, run_dir, config)
+        options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
+        report = evaluate_run(run_dir, image_root, val_ann, n=config.eval_captions, fid=config.fid,
+                              inception_weights=config.inception_weights, seed=config.seed, contrastive=False,
+                              device=config.device, generate_options=options)
+        rows.append(_row(family, training, report))
+        run = load_run(run_dir, device=config.device)
+        if val is None:
+            val = load_eval_data(image_root, val_ann, image_size=64)
+            ids = grid_captions(val, config.grid_captions, config.seed)
+            captions = [val.captions[i] for i in ids]
+            samples["real"] = val.images[val.caption_image[ids]]
+        samples[family] = run.generate(captions, seed=config.seed, **options)
+        print(f"{family}: step {training['steps']}, all attributes right on val "
+              f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
+
+    table = format_table(rows)
+    trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
+    fig = image_rows(samples, captions, size=1.0, title=f"same captions and seeds; training time: {trained}")
+    figure_paths = save_figure(fig, "compare_samples", out)
+    plt.close(fig)
+    json_path, table_path = out / "results.json", out / "results.md"
+    atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
+                                            indent=2, default=str))
+    atomic_write_text(table_path, table + "\n")
+    return CompareResult(rows, table, json_path, table_path, figure_paths)
+
+
+__all__ = ["CompareConfig", "CompareResult", "compare_models", "format_table", "grid_captions"]

@@ -1,0 +1,72 @@
+"""compare: several families, one time budget, one table and one figure."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from t2i_helpers.compare import CompareConfig, compare_models, format_table, grid_captions
+from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+from t2i_helpers.metrics import load_eval_data
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=120, image_size=32, seed=5))
+
+
+def test_grid_captions_mix_full_partial_and_held_out_captions(shapes):
+    val = load_eval_data(shapes.images_dir, shapes.val_json, image_size=32)
+    ids = grid_captions(val, 8, seed=0)
+    assert len(ids) == len(set(ids)) == 8
+    held = val.held_out_captions()
+    assert sum(bool(held[i]) for i in ids) == 2
+    assert sum(len(val.mentions[i]) == 4 and not held[i] for i in ids) == 3  # every attribute named
+    assert sum(len(val.mentions[i]) < 4 and not held[i] for i in ids) == 3  # size or position left open
+    assert grid_captions(val, 8, seed=0) == ids and grid_captions(val, 8, seed=1) != ids
+
+
+def test_format_table_prints_percentages_and_dashes():
+    rows = [{"model": "diffusion", "parameters": 25_700_000, "steps": 1200, "train_minutes": 10.0,
+             "train_images_per_s": 4000.4, "val_all": 0.9512, "held_out_all": None, "val_color": 1.0,
+             "val_shape": 0.5, "val_size": None, "val_position": 0.25, "fid_proxy": 1.234, "real_images_all": 0.99}]
+    table = format_table(rows).splitlines()
+    assert table[0].startswith("| model | params | steps |")
+    assert table[2] == "| diffusion | 25.7M | 1200 | 10.0 | 4000 | 95.1% | - | 100.0% | 50.0% | - | 25.0% | 1.23 |"
+    assert table[-1].endswith("99.0% all right.")
+
+
+@pytest.mark.slow  # trains two tiny models and the attribute classifier
+def test_compare_trains_scores_and_reuses_finished_runs(shapes, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    torch.set_num_threads(1)
+    config = CompareConfig(families=("baseline", "diffusion"), minutes=5.0, max_steps=3, eval_captions=12,
+                           device="cpu", sample_steps=2, batch_size=4)
+    result = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
+    assert [r["model"] for r in result.rows] == ["baseline", "diffusion"]
+    for row in result.rows:
+        assert row["steps"] == 3 and not row["stopped_by_time"]  # max_steps came first
+        assert 0 <= row["val_all"] <= 1 and row["val_n"] == 12
+        assert row["fid_proxy"] >= 0
+    assert result.rows[1]["generate_options"] == {"guidance": 3.0, "steps": 2}
+    saved = json.loads(result.json_path.read_text())
+    assert saved["rows"] == json.loads(json.dumps(result.rows)) and len(saved["grid_captions"]) == 8
+    assert result.table_path.read_text().count("\n| ") == 2  # one line per model under the header
+    png, pdf = result.figure_paths
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
+    before = (tmp_path / "cmp" / "diffusion" / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    again = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
+    assert "diffusion: reusing the finished run" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "diffusion" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert [r["val_all"] for r in again.rows] == [r["val_all"] for r in result.rows]
+
+
+def test_compare_without_a_val_split_is_a_clear_error(shapes, tmp_path):
+    from t2i_helpers.errors import T2IError
+
+    lonely = tmp_path / "captions_all.json"
+    lonely.write_text(shapes.train_json.read_text())
+    with pytest.raises(T2IError, match="needs the val split"):
+        compare_models(shapes.images_dir, lonely, tmp_path / "cmp", CompareConfig())
