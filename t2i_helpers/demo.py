@@ -4,7 +4,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import data_dir, pick, runs_dir
+from .config import pick, runs_dir
+from .data.shapes import shapes_dataset  # noqa: F401  (was defined here; notebooks import it from data.shapes)
 
 DEMO_CAPTIONS = (
     "a large red circle in the center",
@@ -12,17 +13,6 @@ DEMO_CAPTIONS = (
     "a green triangle at the bottom",
     "a yellow circle",
 )
-
-
-def shapes_dataset(images: int | None = None, image_size: int = 64, seed: int = 0) -> Path:
-    """The course's default Shapes dataset under ``data/``, generated on first use."""
-    from .data.shapes import ShapesConfig, make_shapes
-
-    images = images or pick(4000, 400)
-    root = data_dir() / f"shapes-{images}-{image_size}px-seed{seed}"
-    if not (root / "annotations" / "captions_val.json").exists():
-        make_shapes(root, ShapesConfig(images=images, image_size=image_size, seed=seed))
-    return root
 
 
 def _slug(text: str) -> str:

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import io
 import json
+import shutil
 import re
 import threading
 import zipfile
@@ -387,6 +388,16 @@ def test_download_coco_first_n_images(server, tmp_path):
     D.download_coco(tmp_path / "coco", split="val2017", max_images=2, progress=False,
                     annotations_url=f"{server.url}/ann.zip")
     assert len(server.requests) == count  # everything was already there
+    # Notebook 01 asks which caption file fits the images on disk: the first-2 subset, not the full list.
+    assert D.annotations_for(tmp_path / "coco", "val2017") == result.ann_file
+    D.download_coco(tmp_path / "coco", split="val2017", max_images=3, progress=False,
+                    annotations_url=f"{server.url}/ann.zip")
+    assert D.annotations_for(tmp_path / "coco", "val2017").name == "captions_val2017_first3.json"
+    for image in images[3:]:  # now every image is there: the full file wins
+        shutil.copy(server.folder / image["file_name"], tmp_path / "coco" / "val2017" / image["file_name"])
+    assert D.annotations_for(tmp_path / "coco", "val2017").name == "captions_val2017.json"
+    with pytest.raises(DatasetError, match="no COCO captions file for train2017"):
+        D.annotations_for(tmp_path / "empty", "train2017")
 
 
 def test_download_coco_rejects_bad_arguments(tmp_path):

@@ -262,3 +262,14 @@ def test_plain_pycocotools_reads_the_shapes_files(tmp_path):
         coco = COCO(str(paths.train_json))
     image_id = coco.getImgIds()[0]
     assert len(coco.loadAnns(coco.getAnnIds(imgIds=image_id))) == 5
+
+
+def test_shapes_dataset_is_one_named_folder_made_once(tmp_path, monkeypatch):
+    from t2i_helpers.data.shapes import shapes_dataset
+
+    monkeypatch.setenv("T2I_DATA", str(tmp_path))
+    root = shapes_dataset(images=40, image_size=32, seed=1)
+    assert root == tmp_path / "shapes-40-32px-seed1"
+    ann = root / "annotations" / "captions_val.json"
+    stamp = ann.stat().st_mtime_ns
+    assert shapes_dataset(images=40, image_size=32, seed=1) == root and ann.stat().st_mtime_ns == stamp

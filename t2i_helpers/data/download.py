@@ -241,4 +241,35 @@ def download_coco(
     return CocoDownload(root, image_root, subset_file, len(entries))
 
 
-__all__ = ["CocoDownload", "KNOWN_FILES", "download_coco", "download_file"]
+def annotations_for(root: str | os.PathLike, split: str) -> Path:
+    """The caption file that matches the images of ``root/split`` that are really there.
+
+    After ``download_coco(max_images=N)`` only the first N images exist, and ``captions_{split}.json``
+    would list every image of the split (the loader would skip and count the rest as missing); this
+    returns ``captions_{split}_first{N}.json`` instead (the largest N whose images are all present).
+    """
+    import re
+
+    root = Path(root)
+    ann_dir, image_root = root / "annotations", root / split
+    full = ann_dir / f"captions_{split}.json"
+    present = {p.name for p in image_root.glob("*.jpg")} if image_root.is_dir() else set()
+    subsets = []
+    for path in ann_dir.glob(f"captions_{split}_first*.json"):
+        match = re.fullmatch(rf"captions_{split}_first(\d+)\.json", path.name)
+        if match:
+            subsets.append((int(match.group(1)), path))
+    if full.is_file():
+        with open(full, encoding="utf-8") as f:
+            names = [e["file_name"] for e in json.load(f)["images"]]
+        if set(names) <= present:
+            return full
+        subsets = [(n, p) for n, p in subsets if set(names[:n]) <= present]
+    if subsets:
+        return max(subsets)[1]
+    if full.is_file():
+        return full  # partly downloaded: the loader reports the missing images
+    raise DatasetError(f"no COCO captions file for {split} in {ann_dir}; run download_coco(split={split!r}) first")
+
+
+__all__ = ["CocoDownload", "KNOWN_FILES", "annotations_for", "download_coco", "download_file"]

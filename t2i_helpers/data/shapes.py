@@ -371,6 +371,16 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
     return paths
 
 
+def shapes_dataset(images: int | None = None, image_size: int = 64, seed: int = 0) -> Path:
+    """The course's default Shapes dataset, ``data_dir()/shapes-<images>-<size>px-seed<seed>``, generated
+    on first use (4,000 images; 400 in smoke mode). Every notebook uses this one folder."""
+    from t2i_helpers.config import data_dir, pick
+
+    images = images or pick(4000, 400)
+    root = data_dir() / f"shapes-{images}-{image_size}px-seed{seed}"
+    make_shapes(root, ShapesConfig(images=images, image_size=image_size, seed=seed))  # no-op when complete
+    return root
+
 def _up_to_date(paths: ShapesPaths, config: ShapesConfig) -> bool:
     try:
         for p in (paths.train_json, paths.val_json):
