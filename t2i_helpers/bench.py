@@ -235,6 +235,14 @@ def bench_train(
                 data_s += t1 - t0
                 step_s += t2 - t1
         images = steps * batch_size
+        # FLOPs of one training step (forward + backward, every phase), counted by torch, not timed:
+        # with the images/s above it gives the achieved TFLOP/s, i.e. how well the device is used.
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            optimisation_step(losses_module, next(loader), optimizers, groups, scaler, dev, prec, 1.0, base_lr,
+                              warmup + steps + 1)
+        train_gflop = counter.get_total_flops() / batch_size / 1e9
 
         captions = data.table.captions[: pick(256, 16) if not on_gpu else 256]
         options = {"steps": sample_steps, "guidance": guidance} if family == "diffusion" else {}
@@ -254,6 +262,8 @@ def bench_train(
             "steps_timed": steps,
             "train_images_per_s": _rate(images, data_s + step_s),
             "train_steps_per_s": _rate(steps, data_s + step_s),
+            "train_gflop_per_image": round(train_gflop, 3),
+            "train_tflop_per_s": round(train_gflop * images / (data_s + step_s) / 1e3, 3),
             "data_and_text_fraction": round(data_s / (data_s + step_s), 4),
             "sample_images_per_s": _rate(len(captions), sample_s),
             "sample_options": options,

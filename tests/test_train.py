@@ -200,6 +200,12 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
     assert result["parameters"] == expected_params and result["precision"] == "fp32"
     assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
     assert result["image_size"] == default_config("baseline").image_size
+    # FLOPs: at least the first Linear's forward and weight-gradient matmuls (2 * in * out each) per image;
+    # the achieved rate is FLOPs per image times images per second.
+    fc = build_model("baseline", default_config("baseline"), 384).decoder.fc
+    assert result["train_gflop_per_image"] * 1e9 >= 2 * 2 * fc.in_features * fc.out_features * 0.99
+    assert result["train_tflop_per_s"] == pytest.approx(
+        result["train_gflop_per_image"] * result["train_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
 
 
 def test_time_budget_stops_early_with_a_checkpoint_and_resume_goes_on(shapes, tmp_path, capsys):
