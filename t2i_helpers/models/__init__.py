@@ -37,7 +37,8 @@ def default_config(family: str) -> Any:
 def config_from_dict(family: str, values: dict) -> Any:
     """Rebuild a typed config from its JSON form (lists back to tuples where the field default is one)."""
     config_cls, _ = model_classes(family)
-    kwargs = {}
+    # Fields added after runs were saved: a run without the key was trained without the feature.
+    kwargs = dict(getattr(config_cls, "MISSING_MEANS", {}))
     for field in dataclasses.fields(config_cls):
         if field.name in values:
             value = values[field.name]
