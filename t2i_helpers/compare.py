@@ -154,6 +154,10 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     from .viz import image_rows, save_figure
 
     config = config or CompareConfig()
+    for family in config.families:
+        minutes = config.minutes_by_model.get(family, config.minutes)
+        if not minutes or minutes <= 0:
+            raise T2IError(f"compare: the training budget of {family} must be more than 0 minutes, got {minutes}")
     image_root, train_ann, out = Path(image_root), Path(train_ann), Path(out_dir)
     val_ann = _sibling(train_ann, "val")
     if val_ann is None:

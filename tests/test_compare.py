@@ -70,3 +70,6 @@ def test_compare_without_a_val_split_is_a_clear_error(shapes, tmp_path):
     lonely.write_text(shapes.train_json.read_text())
     with pytest.raises(T2IError, match="needs the val split"):
         compare_models(shapes.images_dir, lonely, tmp_path / "cmp", CompareConfig())
+    with pytest.raises(T2IError, match="budget of gan must be more than 0 minutes, got 0"):
+        compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp",
+                       CompareConfig(minutes_by_model={"gan": 0.0}))
