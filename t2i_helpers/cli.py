@@ -37,12 +37,20 @@ def _cmd_download_coco(args: argparse.Namespace) -> None:
     print(result)
 
 
+# `train` flags that set a TrainConfig field of the same name.
+TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "device", "precision", "checkpoint_every", "sample_every",
+               "text_model", "max_minutes")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
     config = TrainConfig()
-    for name in ("steps", "batch_size", "lr", "seed", "device", "precision", "checkpoint_every", "sample_every",
-                 "text_model", "max_minutes"):
+    for name in TRAIN_FLAGS:
         value = getattr(args, name, None)
         if value is not None:
             setattr(config, name, value)
@@ -60,11 +68,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     image_root, ann_file = args.data
     if args.resume:
-        ignored = [f"--{name.replace('_', '-')}" for name in ("batch_size", "lr", "seed", "device", "precision",
-                                                             "text_model") if getattr(args, name) is not None]
+        ignored = [_flag(n) for n in TRAIN_FLAGS if n not in SESSION_FIELDS and getattr(args, n) is not None]
         if ignored:
+            applied = ", ".join(_flag(n) for n in TRAIN_FLAGS if n in SESSION_FIELDS)
             print(f"note: --resume continues with the run's saved settings; ignored: {', '.join(ignored)} "
-                  f"(only {', '.join('--' + n.replace('_', '-') for n in SESSION_FIELDS[:4])} apply)")
+                  f"(only {applied} apply)")
     result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume)
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
     budget = " (time budget reached)" if result.stopped_by_time else ""

@@ -73,7 +73,7 @@ def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
 
 def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig) -> dict:
     from .models import default_config
-    from .train import TrainConfig, load_run, train
+    from .train import TrainConfig, train
 
     model_config = default_config(family)
     minutes = config.minutes_by_model.get(family, config.minutes)
@@ -90,13 +90,11 @@ def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, co
             print(f"{family}: reusing the finished run in {run_dir}", flush=True)
             return saved["result"]
     result = train(family, image_root, train_ann, run_dir, train_config, model_config)
-    run = load_run(run_dir, device="cpu")
     summary = {
         "steps": result.step,
         "train_minutes": round(result.train_seconds / 60, 2),
         "train_images_per_s": round(result.step * train_config.batch_size / max(result.train_seconds, 1e-9), 1),
         "batch_size": train_config.batch_size,
-        "parameters": sum(p.numel() for p in run.model.parameters()),
         "image_size": model_config.image_size,
         "stopped_by_time": result.stopped_by_time,
     }
@@ -167,12 +165,13 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     for family in config.families:
         run_dir = out / family
         training = _train_one(family, image_root, train_ann, run_dir, config)
+        run = load_run(run_dir, device=config.device)  # loaded once: scored, then drawn in the figure
+        training["parameters"] = sum(p.numel() for p in run.model.parameters())
         options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
-        report = evaluate_run(run_dir, image_root, val_ann, n=config.eval_captions, fid=config.fid,
+        report = evaluate_run(run, image_root, val_ann, n=config.eval_captions, fid=config.fid,
                               inception_weights=config.inception_weights, seed=config.seed, contrastive=False,
                               device=config.device, generate_options=options)
         rows.append(_row(family, training, report))
-        run = load_run(run_dir, device=config.device)
         if val is None:
             val = load_eval_data(image_root, val_ann, image_size=64)
             ids = grid_captions(val, config.grid_captions, config.seed)

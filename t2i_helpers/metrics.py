@@ -651,7 +651,7 @@ def sample_caption_ids(data: EvalData, n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate([rng.permutation(len(data.captions)) for _ in range(reps)])[:n]
 
 
-def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_file: str | os.PathLike,
+def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os.PathLike,
                  n: int = 1000, fid: str = "proxy", inception_weights: str | os.PathLike | None = None,
                  seed: int = 0, batch_size: int = 100, contrastive: bool = True, device: str = "auto",
                  classifier_config: Any = None, clip_config: Any = None, n_real: int | None = None,
@@ -664,14 +664,16 @@ def evaluate_run(run_dir: str | os.PathLike, image_root: str | os.PathLike, ann_
     (and for the proxy FID on COCO). ``classifier_config`` / ``clip_config`` override those models'
     default (full or smoke) configurations. Real statistics use every image of the split unless
     ``n_real`` picks a seeded sample. ``generate_options`` go to the sampler (e.g. ``guidance``,
-    ``steps`` for diffusion) and are recorded in the report.
+    ``steps`` for diffusion) and are recorded in the report. ``run_dir`` may also be a run already
+    loaded with :func:`t2i_helpers.train.load_run` (it is then not read again).
     """
     from t2i_helpers.models.classifier import _sibling, load_or_train_attribute_classifier
-    from t2i_helpers.train import load_run
+    from t2i_helpers.train import LoadedRun, load_run
 
     if fid == "inception":
         inception_network(inception_weights)  # fail in a second, before generating anything
-    run = load_run(run_dir, device=device)
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir, device=device)
+    run_dir = getattr(run, "run_dir", run_dir)
     dev = run.device
     size = int(getattr(run.model_config, "image_size", 64))
     data = load_eval_data(image_root, ann_file, image_size=size)
