@@ -115,12 +115,15 @@ def _row(family: str, training: dict, report: dict) -> dict[str, Any]:
     for key in ("fid", "fid_proxy"):
         if key in report:
             row[key] = report[key]
+    row["errors"] = report.get("attribute_errors", [])
     row["generate_options"] = report.get("generate_options", {})
     return row
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per model; accuracies are shares of captions with every mentioned attribute right."""
+    from .metrics import describe_errors
+
     def pct(v: Any) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -137,6 +140,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     real = next((r.get("real_images_all") for r in rows if r.get("real_images_all") is not None), None)
     if real is not None:
         lines.append(f"\nThe attribute classifier on the real validation images: {pct(real)} all right.")
+    if any(r.get("errors") for r in rows):
+        lines.append("\nCommonest errors (share of the val captions that mention the attribute):\n")
+        lines += [f"- {r['model']}: {describe_errors(r['errors'])}" for r in rows if "errors" in r]
     return "\n".join(lines)
 
 

@@ -35,6 +35,8 @@ def test_format_table_prints_percentages_and_dashes():
     assert table[0].startswith("| model | params | steps |")
     assert table[2] == "| diffusion | 25.7M | 1200 | 10.0 | 4000 | 95.1% | - | 100.0% | 50.0% | - | 25.0% | 1.23 |"
     assert table[-1].endswith("99.0% all right.")
+    rows[0]["errors"] = [{"attribute": "shape", "wanted": "circle", "drawn": "square", "count": 54, "share": 0.135}]
+    assert format_table(rows).splitlines()[-1] == "- diffusion: shape circle drawn as square 13.5%"
 
 
 @pytest.mark.slow  # trains two tiny models and the attribute classifier

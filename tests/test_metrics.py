@@ -18,6 +18,9 @@ from t2i_helpers.metrics import (
     FeatureStats,
     FIDProtocol,
     attribute_accuracy,
+    attribute_accuracy_by,
+    attribute_errors,
+    describe_errors,
     clip_score,
     evaluate_images,
     frechet_distance,
@@ -272,6 +275,39 @@ def test_attribute_accuracy_judges_only_mentioned_attributes():
         attribute_accuracy(preds, targets[:2], mentions)
 
 
+def test_attribute_errors_count_only_mentioned_mistakes_most_frequent_first():
+    targets = [{"shape": "circle", "size": "small"}] * 3 + [{"shape": "square", "size": "large"}] * 2
+    preds = [{"shape": "square", "size": "large"}, {"shape": "square", "size": "small"},
+             {"shape": "triangle", "size": "small"}, {"shape": "circle", "size": "small"},
+             {"shape": "square", "size": "large"}]
+    mentions = [["shape"], ["shape", "size"], ["shape"], ["shape", "size"], ["shape"]]
+    errors = attribute_errors(preds, targets, mentions)
+    # shape judged 5 times: circle->square twice, circle->triangle once, square->circle once;
+    # size judged twice: large->small once (the first image's wrong size is not mentioned).
+    assert [(e["attribute"], e["wanted"], e["drawn"], e["count"]) for e in errors] == [
+        ("shape", "circle", "square", 2), ("shape", "circle", "triangle", 1),
+        ("shape", "square", "circle", 1), ("size", "large", "small", 1)]
+    assert errors[0]["share"] == pytest.approx(2 / 5) and errors[-1]["share"] == pytest.approx(1 / 2)
+    assert len(attribute_errors(preds, targets, mentions, top=2)) == 2
+    assert attribute_errors(targets, targets, mentions) == []
+    assert describe_errors(errors, top=1) == "shape circle drawn as square 40.0%"
+    assert describe_errors([]) == "none"
+    with pytest.raises(T2IError, match="lengths must match"):
+        attribute_errors(preds, targets[:2])
+
+
+def test_attribute_accuracy_by_splits_on_the_drawn_value():
+    targets = [{"shape": "circle", "size": "small"}] * 4
+    preds = [{"shape": "square", "size": "small"}, {"shape": "circle", "size": "small"},
+             {"shape": "circle", "size": "large"}, {"shape": "circle", "size": "large"}]
+    by = attribute_accuracy_by(preds, targets, [["shape"]] * 4, "size")
+    assert list(by) == ["large", "small"]
+    assert by["small"]["shape"] == 0.5 and by["small"]["n"] == 2
+    assert by["large"]["shape"] == 1.0 and by["large"]["all"] == 1.0
+    # Each group equals attribute_accuracy on its own rows.
+    assert by["small"] == attribute_accuracy(preds[:2], targets[:2], [["shape"]] * 2)
+
+
 def test_r_precision_is_one_for_identical_embeddings_and_near_chance_for_random():
     g = torch.Generator().manual_seed(0)
     text = torch.randn(500, 32, generator=g)
@@ -340,7 +376,7 @@ def small_shapes(tmp_path_factory):
 
 
 def test_evaluate_images_on_shapes_reports_attribute_groups(small_shapes, tmp_path):
-    from t2i_helpers.models.classifier import AttributeClassifier, ClassifierConfig
+    from t2i_helpers.models.classifier import AttributeClassifier, ClassifierConfig, predict_attributes
     from t2i_helpers.models.clip import ClipConfig, ContrastiveModel
 
     data = metrics.load_eval_data(small_shapes.images_dir, small_shapes.val_json)
@@ -355,6 +391,12 @@ def test_evaluate_images_on_shapes_reports_attribute_groups(small_shapes, tmp_pa
     assert set(acc) == {"val", "seen_pairs", "held_out", "real_images"}
     assert acc["val"] == acc["real_images"]  # the "generated" images are the real ones
     assert acc["seen_pairs"]["n"] + acc["held_out"]["n"] == 50
+    # An untrained classifier makes plenty of mistakes: the report lists them as attribute_errors does.
+    targets = [data.attributes[data.caption_image[c]] for c in ids]
+    expected = metrics.attribute_errors(predict_attributes(classifier, real), targets, [data.mentions[c] for c in ids])
+    assert report["attribute_errors"] == expected and expected
+    by_size = report["attribute_accuracy_by_drawn_size"]
+    assert sum(group["n"] for group in by_size.values()) == 50
     assert report["fid_network"].startswith("shapes-attribute-cnn")
     assert report["r_precision"] == report["r_precision_real"]
     assert 2 <= report["r_precision_clean_candidates"] <= report["r_precision_candidates"]
