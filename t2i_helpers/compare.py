@@ -116,6 +116,7 @@ def _row(family: str, training: dict, report: dict) -> dict[str, Any]:
         if key in report:
             row[key] = report[key]
     row["errors"] = report.get("attribute_errors", [])
+    row["errors_held_out"] = report.get("attribute_errors_held_out", [])
     row["generate_options"] = report.get("generate_options", {})
     return row
 
@@ -140,9 +141,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     real = next((r.get("real_images_all") for r in rows if r.get("real_images_all") is not None), None)
     if real is not None:
         lines.append(f"\nThe attribute classifier on the real validation images: {pct(real)} all right.")
-    if any(r.get("errors") for r in rows):
-        lines.append("\nCommonest errors (share of the val captions that mention the attribute):\n")
-        lines += [f"- {r['model']}: {describe_errors(r['errors'])}" for r in rows if "errors" in r]
+    if any(r.get("errors") or r.get("errors_held_out") for r in rows):
+        lines.append("\nCommonest errors (share of the captions that mention the attribute):\n")
+        for r in rows:
+            if "errors" in r:
+                lines.append(f"- {r['model']}: {describe_errors(r['errors'])}")
+            if r.get("errors_held_out"):
+                lines.append(f"- {r['model']}, held-out pairs: {describe_errors(r['errors_held_out'])}")
     return "\n".join(lines)
 
 

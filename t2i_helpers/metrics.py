@@ -665,6 +665,9 @@ def evaluate_images(
         acc["real_images"] = attribute_accuracy(real_pred, targets, mentions)
         report["attribute_accuracy"] = acc
         report["attribute_errors"] = attribute_errors(pred, targets, mentions)  # val: what goes wrong most
+        if held.any():  # the compositions never trained on fail in their own way (e.g. a colour pulled
+            report["attribute_errors_held_out"] = attribute_errors(  # toward those seen with the shape)
+                pick(held, pred), pick(held, targets), pick(held, mentions))
         report["attribute_accuracy_by_drawn_size"] = attribute_accuracy_by(pred, targets, mentions, "size")
 
     if contrastive is not None and caption_embeddings is not None:
@@ -771,8 +774,9 @@ def format_report(report: dict) -> str:
     if len(by_size) > 1:
         lines.append("all right, by the size the model drew: " + ", ".join(
             f"{size} {acc['all']:.3f} (n={acc['n']})" for size, acc in by_size.items()))
-    if report.get("attribute_errors"):
-        lines.append("commonest errors (val): " + describe_errors(report["attribute_errors"]))
+    for key, group in (("attribute_errors", "val"), ("attribute_errors_held_out", "held-out pairs")):
+        if report.get(key):
+            lines.append(f"commonest errors ({group}): " + describe_errors(report[key]))
     if "r_precision" in report:
         c = report["r_precision_candidates"]
         lines.append(f"R-precision: {report['r_precision']:.3f} (real images {report['r_precision_real']:.3f}; "

@@ -37,6 +37,10 @@ def test_format_table_prints_percentages_and_dashes():
     assert table[-1].endswith("99.0% all right.")
     rows[0]["errors"] = [{"attribute": "shape", "wanted": "circle", "drawn": "square", "count": 54, "share": 0.135}]
     assert format_table(rows).splitlines()[-1] == "- diffusion: shape circle drawn as square 13.5%"
+    rows[0]["errors_held_out"] = [{"attribute": "color", "wanted": "blue", "drawn": "white", "count": 3,
+                                   "share": 0.107}]
+    assert format_table(rows).splitlines()[-2:] == ["- diffusion: shape circle drawn as square 13.5%",
+                                                    "- diffusion, held-out pairs: color blue drawn as white 10.7%"]
 
 
 @pytest.mark.slow  # trains two tiny models and the attribute classifier

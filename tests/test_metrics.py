@@ -395,6 +395,11 @@ def test_evaluate_images_on_shapes_reports_attribute_groups(small_shapes, tmp_pa
     targets = [data.attributes[data.caption_image[c]] for c in ids]
     expected = metrics.attribute_errors(predict_attributes(classifier, real), targets, [data.mentions[c] for c in ids])
     assert report["attribute_errors"] == expected and expected
+    held = data.held_out_captions()[ids]
+    drawn = predict_attributes(classifier, real)
+    assert report["attribute_errors_held_out"] == metrics.attribute_errors(
+        [d for d, h in zip(drawn, held) if h], [t for t, h in zip(targets, held) if h],
+        [data.mentions[c] for c, h in zip(ids, held) if h])
     by_size = report["attribute_accuracy_by_drawn_size"]
     assert sum(group["n"] for group in by_size.values()) == 50
     assert report["fid_network"].startswith("shapes-attribute-cnn")
