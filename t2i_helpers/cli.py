@@ -107,7 +107,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
     config = CompareConfig(families=tuple(args.models), seed=args.seed, device=args.device, fid=args.fid,
                            inception_weights=str(args.inception_weights) if args.inception_weights else None)
-    for name in ("minutes", "max_steps", "batch_size", "guidance", "sample_steps", "text_model"):
+    for name in ("minutes", "max_steps", "batch_size", "guidance", "sample_steps", "text_model", "curve_points"):
         if getattr(args, name) is not None:
             setattr(config, name, getattr(args, name))
     for item in args.minutes_for or []:
@@ -233,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="upper bound on steps per model")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--n", type=int, help="validation captions to generate and score per model")
+    p.add_argument("--curve-points", type=int,
+                   help="score each model after this many equal slices of its budget (default 4; 1 = only at the end)")
     p.add_argument("--guidance", type=float, help="diffusion guidance (default 3)")
     p.add_argument("--sample-steps", type=int, help="diffusion DDIM steps (default 25)")
     p.add_argument("--fid", choices=["inception", "proxy"], default="proxy")

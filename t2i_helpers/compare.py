@@ -4,7 +4,9 @@ This is the experiment behind the course's results table (notebook 04's question
 generates what the caption asks for?", answered at a fixed budget): each family trains for
 ``minutes`` on the same data, then generates images for the same seeded validation captions, which
 the evaluation code scores (attribute accuracy on Shapes, FID or the labelled proxy). The grid figure
-shows the real image and every model for the same captions and seeds.
+shows the real image and every model for the same captions and seeds. Each budget is trained in
+slices (``curve_points``), scored after each one: a learning curve per model, written to the table
+and to a second figure, which shows whether a model peaked, or drifted, before its time was up.
 
 ``python -m t2i_helpers compare --data IMAGES TRAIN_JSON --out runs/compare --minutes 10`` runs it.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,6 +39,11 @@ class CompareConfig:
     guidance: float = 3.0  # diffusion: classifier-free guidance for every image scored and shown
     sample_steps: int = 25  # diffusion: DDIM steps
     grid_captions: int = 8
+    # A learning curve: the budget is trained in this many equal slices (a checkpoint and a resume in
+    # between, which continue the run exactly), each scored on ``curve_captions`` val captions; 1 = only
+    # the final score. Shows whether a model is still improving at the end or peaked (or drifts) earlier.
+    curve_points: int = field(default_factory=lambda: pick(4, 2))
+    curve_captions: int = field(default_factory=lambda: pick(500, 16))
     fid: str = "proxy"  # "inception" needs the Inception weights (see metrics.inception_network)
     inception_weights: str | None = None
     text_model: str = "all-MiniLM-L6-v2"
@@ -51,6 +58,7 @@ class CompareResult:
     json_path: Path
     table_path: Path
     figure_paths: tuple[Path, Path]  # PNG and PDF of the sample grid
+    curve_paths: tuple[Path, Path]  # PNG and PDF of the learning curves
 
 
 def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
@@ -71,40 +79,92 @@ def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
     return [int(i) for i in picked]
 
 
-def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig) -> dict:
+def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig,
+               score: Callable[[], dict[str, Any]]) -> dict:
+    """Train ``family`` for its budget in ``config.curve_points`` slices, calling ``score()`` after every
+    slice but the last (the caller scores the finished run in full); the summary holds the curve."""
     from .models import default_config
     from .train import TrainConfig, train
 
     model_config = default_config(family)
     minutes = config.minutes_by_model.get(family, config.minutes)
-    train_config = TrainConfig(steps=config.max_steps, max_minutes=minutes, seed=config.seed,
+    slices = config.curve_points
+    train_config = TrainConfig(steps=config.max_steps, max_minutes=minutes / slices, seed=config.seed,
                                device=config.device, text_model=config.text_model, checkpoint_every=0,
                                sample_every=0)
     if config.batch_size is not None:
         train_config.batch_size = config.batch_size
     record = run_dir / "training.json"
-    settings = {"model": asdict(model_config), "train": asdict(train_config)}
+    settings = {"model": asdict(model_config), "train": asdict(train_config), "minutes": minutes,
+                "curve": [slices, config.curve_captions, config.guidance, config.sample_steps]}
     if record.exists() and (run_dir / "checkpoint.pt").exists():
         saved = json.loads(record.read_text())
         if saved.get("settings") == json.loads(json.dumps(settings)):
             print(f"{family}: reusing the finished run in {run_dir}", flush=True)
             return saved["result"]
-    result = train(family, image_root, train_ann, run_dir, train_config, model_config)
+    seconds, curve = 0.0, []
+    for k in range(slices):
+        result = train(family, image_root, train_ann, run_dir, train_config, model_config, resume=k > 0)
+        seconds += result.train_seconds
+        curve.append({"step": result.step, "train_minutes": round(seconds / 60, 3)})
+        if k == slices - 1 or not result.stopped_by_time or result.step >= train_config.steps:
+            break  # the budget is spent, or max_steps came first: nothing left to train
+        curve[-1].update(score())
     summary = {
         "steps": result.step,
-        "train_minutes": round(result.train_seconds / 60, 2),
-        "train_images_per_s": round(result.step * train_config.batch_size / max(result.train_seconds, 1e-9), 1),
+        "train_minutes": round(seconds / 60, 2),
+        "train_images_per_s": round(result.step * train_config.batch_size / max(seconds, 1e-9), 1),
         "batch_size": train_config.batch_size,
         "image_size": model_config.image_size,
         "stopped_by_time": result.stopped_by_time,
+        "curve": curve,  # the last point's scores are filled in from the full evaluation
     }
     atomic_write_text(record, json.dumps({"settings": settings, "result": summary}, indent=2))
     return summary
 
 
+def _scores(report: dict) -> dict[str, Any]:
+    """The two numbers of a learning-curve point: every mentioned attribute right, val and held-out pairs."""
+    acc = report.get("attribute_accuracy") or {}
+    return {"val_all": (acc.get("val") or {}).get("all"), "held_out_all": (acc.get("held_out") or {}).get("all")}
+
+
+def format_curves(rows: list[dict[str, Any]]) -> str:
+    """One Markdown line per model: all-right share (val / held-out pairs) after each slice of training."""
+    def point(p: dict) -> str:
+        val, held = p.get("val_all"), p.get("held_out_all")
+        scores = "-" if val is None else f"{100 * val:.0f}%" + ("" if held is None else f" / {100 * held:.0f}%")
+        return f"{p['train_minutes']:.1f} min (step {p['step']}): {scores}"
+
+    return "\n".join(f"- {r['model']}: " + "; ".join(point(p) for p in r["curve"]) for r in rows if r.get("curve"))
+
+
+def curve_figure(rows: list[dict[str, Any]]):
+    """All attributes right vs training minutes, per model: solid val captions, dashed held-out pairs."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for i, r in enumerate(rows):
+        points = [p for p in r.get("curve", []) if p.get("val_all") is not None]
+        if not points:
+            continue
+        minutes = [p["train_minutes"] for p in points]
+        color = f"C{i}"
+        ax.plot(minutes, [p["val_all"] for p in points], "o-", color=color, label=f"{r['model']} (val)")
+        held = [(m, p["held_out_all"]) for m, p in zip(minutes, points) if p.get("held_out_all") is not None]
+        if held:
+            ax.plot(*zip(*held), "s--", color=color, alpha=0.7, label=f"{r['model']} (held-out pairs)")
+    ax.set(xlabel="training minutes", ylabel="every mentioned attribute right", ylim=(0, 1.02))
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def _row(family: str, training: dict, report: dict) -> dict[str, Any]:
     row: dict[str, Any] = {"model": family, **training}
     acc = report.get("attribute_accuracy") or {}
+    if row.get("curve"):  # the final point of the learning curve is the full evaluation
+        row["curve"] = [*row["curve"][:-1], {**row["curve"][-1], **_scores(report)}]
     for group in ("val", "held_out", "real_images"):
         if group in acc:
             row[f"{group}_all"] = acc[group]["all"]
@@ -167,6 +227,8 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
         minutes = config.minutes_by_model.get(family, config.minutes)
         if not minutes or minutes <= 0:
             raise T2IError(f"compare: the training budget of {family} must be more than 0 minutes, got {minutes}")
+    if config.curve_points < 1:
+        raise T2IError(f"compare: curve_points (--curve-points) must be at least 1, got {config.curve_points}")
     image_root, train_ann, out = Path(image_root), Path(train_ann), Path(out_dir)
     val_ann = _sibling(train_ann, "val")
     if val_ann is None:
@@ -175,10 +237,16 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     val = None
     for family in config.families:
         run_dir = out / family
-        training = _train_one(family, image_root, train_ann, run_dir, config)
+        options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
+
+        def score_slice(run_dir=run_dir, options=options) -> dict[str, Any]:
+            report = evaluate_run(run_dir, image_root, val_ann, n=config.curve_captions, fid="none",
+                                  seed=config.seed, contrastive=False, device=config.device, generate_options=options)
+            return _scores(report)
+
+        training = _train_one(family, image_root, train_ann, run_dir, config, score_slice)
         run = load_run(run_dir, device=config.device)  # loaded once: scored, then drawn in the figure
         training["parameters"] = sum(p.numel() for p in run.model.parameters())
-        options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
         report = evaluate_run(run, image_root, val_ann, n=config.eval_captions, fid=config.fid,
                               inception_weights=config.inception_weights, seed=config.seed, contrastive=False,
                               device=config.device, generate_options=options)
@@ -193,15 +261,23 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
               f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
 
     table = format_table(rows)
+    curves = format_curves(rows)
+    if curves:
+        table += ("\n\nEvery mentioned attribute right (val / held-out pairs) during training; the last point is "
+                  "the table's:\n\n" + curves)
     trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
     fig = image_rows(samples, captions, size=1.0, title=f"same captions and seeds; training time: {trained}")
     figure_paths = save_figure(fig, "compare_samples", out)
+    plt.close(fig)
+    fig = curve_figure(rows)
+    curve_paths = save_figure(fig, "compare_curve", out)
     plt.close(fig)
     json_path, table_path = out / "results.json", out / "results.md"
     atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
                                             indent=2, default=str))
     atomic_write_text(table_path, table + "\n")
-    return CompareResult(rows, table, json_path, table_path, figure_paths)
+    return CompareResult(rows, table, json_path, table_path, figure_paths, curve_paths)
 
 
-__all__ = ["CompareConfig", "CompareResult", "compare_models", "format_table", "grid_captions"]
+__all__ = ["CompareConfig", "CompareResult", "compare_models", "curve_figure", "format_curves", "format_table",
+           "grid_captions"]

@@ -90,3 +90,13 @@ def test_resume_says_which_flags_it_ignores_and_max_minutes_stops(tmp_path, caps
     assert main([*common, "--steps", "2", "--resume", "--lr", "0.5", "--batch-size", "3"]) == 0
     out = capsys.readouterr().out
     assert "ignored: --batch-size, --lr" in out and "trained baseline to step 2:" in out
+
+
+def test_compare_bad_budgets_are_one_line_errors(tmp_path, capsys):
+    data = ["--data", str(tmp_path / "images"), str(tmp_path / "captions_train.json"), "--out", str(tmp_path / "c")]
+    for flags, words in ((["--curve-points", "0"], "curve_points (--curve-points) must be at least 1, got 0"),
+                         (["--minutes-for", "gan=x"], "--minutes-for expects MODEL=MINUTES"),
+                         (["--minutes", "0"], "must be more than 0 minutes")):
+        assert main(["compare", *data, *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and words in err and "\n" not in err

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from t2i_helpers.compare import CompareConfig, compare_models, format_table, grid_captions
+from t2i_helpers.compare import (CompareConfig, compare_models, curve_figure, format_curves, format_table,
+                                 grid_captions)
+from t2i_helpers.errors import T2IError
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
 from t2i_helpers.metrics import load_eval_data
 
@@ -41,6 +43,44 @@ def test_format_table_prints_percentages_and_dashes():
                                    "share": 0.107}]
     assert format_table(rows).splitlines()[-2:] == ["- diffusion: shape circle drawn as square 13.5%",
                                                     "- diffusion, held-out pairs: color blue drawn as white 10.7%"]
+
+
+def test_format_curves_and_curve_figure():
+    rows = [{"model": "diffusion", "curve": [
+        {"step": 500, "train_minutes": 2.5, "val_all": 0.61, "held_out_all": 0.55},
+        {"step": 1000, "train_minutes": 5.0, "val_all": 0.8512, "held_out_all": None}]},
+        {"model": "baseline"}]  # no curve: no line
+    assert format_curves(rows) == "- diffusion: 2.5 min (step 500): 61% / 55%; 5.0 min (step 1000): 85%"
+    fig = curve_figure(rows)
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_ydata()) for line in lines] == [[0.61, 0.8512], [0.55]]  # val, then held-out
+    assert [line.get_label() for line in lines] == ["diffusion (val)", "diffusion (held-out pairs)"]
+
+
+def test_curve_points_below_one_is_a_clear_error(shapes, tmp_path):
+    with pytest.raises(T2IError, match="curve_points.*at least 1, got 0"):
+        compare_models(shapes.images_dir, shapes.train_json, tmp_path, CompareConfig(curve_points=0))
+
+
+@pytest.mark.slow  # trains a tiny model in two time slices, scoring after each
+def test_compare_learning_curve_trains_in_slices_and_scores_each(shapes, tmp_path, monkeypatch):
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    torch.set_num_threads(1)
+    config = CompareConfig(families=("baseline",), minutes=0.004, max_steps=100_000, curve_points=2,
+                           curve_captions=8, eval_captions=12, device="cpu", batch_size=4)
+    result = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
+    row = result.rows[0]
+    curve = row["curve"]
+    assert len(curve) == 2 and row["stopped_by_time"]
+    assert 0 < curve[0]["step"] < curve[1]["step"] == row["steps"]  # the second slice resumed the first
+    assert 0 < curve[0]["train_minutes"] < curve[1]["train_minutes"] == pytest.approx(row["train_minutes"], abs=0.01)
+    assert 0 <= curve[0]["val_all"] <= 1
+    assert curve[1]["val_all"] == row["val_all"]  # the last point is the full evaluation
+    saved = torch.load(tmp_path / "cmp" / "baseline" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == row["steps"]
+    assert "during training" in result.table_path.read_text()
+    png, pdf = result.curve_paths
+    assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
 
 
 @pytest.mark.slow  # trains two tiny models and the attribute classifier
