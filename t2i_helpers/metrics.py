@@ -665,8 +665,8 @@ def evaluate_images(
         acc["real_images"] = attribute_accuracy(real_pred, targets, mentions)
         report["attribute_accuracy"] = acc
         report["attribute_errors"] = attribute_errors(pred, targets, mentions)  # val: what goes wrong most
-        if held.any():  # the compositions never trained on fail in their own way (e.g. a colour pulled
-            report["attribute_errors_held_out"] = attribute_errors(  # toward those seen with the shape)
+        if held.any():  # pairs never trained on fail in their own ways (a CPU probe drew blue squares
+            report["attribute_errors_held_out"] = attribute_errors(  # so pale that they read as white)
                 pick(held, pred), pick(held, targets), pick(held, mentions))
         report["attribute_accuracy_by_drawn_size"] = attribute_accuracy_by(pred, targets, mentions, "size")
 
