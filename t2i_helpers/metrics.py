@@ -430,6 +430,11 @@ def fid_from_images(generated: Tensor | np.ndarray, network: nn.Module, real: Fe
 
 
 # -------------------------------------------------------------------------------- caption metrics
+def _judged(target: dict, mentioned: Sequence[str] | None) -> list[str]:
+    """The attributes a caption is judged on: those it mentions (all of the target's if unknown)."""
+    return list(target) if mentioned is None else [m for m in mentioned if m in target]
+
+
 def attribute_accuracy(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
                        mentions: Sequence[Sequence[str]] | None = None) -> dict:
     """Accuracy per attribute, judged only where the caption mentions it, and ``all``.
@@ -448,7 +453,7 @@ def attribute_accuracy(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     count = {k: 0 for k in names}
     all_right = 0
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
-        judged = list(t) if mentions is None else [m for m in mentions[i] if m in t]
+        judged = _judged(t, None if mentions is None else mentions[i])
         ok = True
         for k in judged:
             count[k] += 1
@@ -477,7 +482,7 @@ def attribute_errors(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     errors: dict[tuple[str, Any, Any], int] = {}
     judged: dict[str, int] = {}
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
-        for k in (list(t) if mentions is None else [m for m in mentions[i] if m in t]):
+        for k in _judged(t, None if mentions is None else mentions[i]):
             judged[k] = judged.get(k, 0) + 1
             if p.get(k) != t[k]:
                 key = (k, t[k], p.get(k))
