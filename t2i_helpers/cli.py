@@ -62,9 +62,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
-
-    from .train import SESSION_FIELDS
+    from .train import SESSION_FIELDS, train
 
     image_root, ann_file = args.data
     if args.resume:
@@ -123,7 +121,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(json.dumps({"rows": result.rows}, indent=2, default=str))
     else:
         print(result.table)
-    print(f"results: {result.table_path}, {result.json_path}; figure: {result.figure_paths[0]} (+ .pdf)")
+    print(f"results: {result.table_path}, {result.json_path}; figures: {result.figure_paths[0]}, "
+          f"{result.curve_paths[0]} (+ .pdf)")
 
 
 def _cmd_export_text_model(args: argparse.Namespace) -> None:

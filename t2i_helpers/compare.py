@@ -141,23 +141,20 @@ def format_curves(rows: list[dict[str, Any]]) -> str:
 
 def curve_figure(rows: list[dict[str, Any]]):
     """All attributes right vs training minutes, per model: solid val captions, dashed held-out pairs."""
-    import matplotlib.pyplot as plt
+    from .viz import plot_curves
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    xs, series, styles = {}, {}, {}
     for i, r in enumerate(rows):
         points = [p for p in r.get("curve", []) if p.get("val_all") is not None]
-        if not points:
-            continue
-        minutes = [p["train_minutes"] for p in points]
-        color = f"C{i}"
-        ax.plot(minutes, [p["val_all"] for p in points], "o-", color=color, label=f"{r['model']} (val)")
-        held = [(m, p["held_out_all"]) for m, p in zip(minutes, points) if p.get("held_out_all") is not None]
-        if held:
-            ax.plot(*zip(*held), "s--", color=color, alpha=0.7, label=f"{r['model']} (held-out pairs)")
-    ax.set(xlabel="training minutes", ylabel="every mentioned attribute right", ylim=(0, 1.02))
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
+        for key, label, style in (("val_all", "val", {"marker": "o"}),
+                                  ("held_out_all", "held-out pairs", {"marker": "s", "ls": "--", "alpha": 0.7})):
+            scored = [p for p in points if p.get(key) is not None]
+            if scored:
+                name = f"{r['model']} ({label})"
+                xs[name], series[name] = [p["train_minutes"] for p in scored], [p[key] for p in scored]
+                styles[name] = {"color": f"C{i}", **style}
+    return plot_curves(xs, series, "training minutes", "every mentioned attribute right", styles=styles,
+                       ylim=(0, 1.02))
 
 
 def _row(family: str, training: dict, report: dict) -> dict[str, Any]:

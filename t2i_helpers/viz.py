@@ -144,17 +144,26 @@ def image_rows(
 
 
 def plot_curves(
-    xs: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str | None = None,
-    logy: bool = False,
+    xs: Sequence[float] | dict[str, Sequence[float]], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
+    title: str | None = None, logy: bool = False, styles: dict[str, dict] | None = None,
+    ylim: tuple[float, float] | None = None,
 ) -> plt.Figure:
-    """Line plot of several named series against one x axis (loss curves, sweeps)."""
+    """Line plot of several named series (loss curves, sweeps, learning curves).
+
+    ``xs`` is one x axis for every series, or a dict giving each series its own x values (e.g. models
+    scored at different training times). ``styles`` passes matplotlib keywords per series
+    (``{"gan (val)": {"color": "C1", "ls": "--"}}``).
+    """
     fig, ax = plt.subplots(figsize=(4.5, 3))
     for name, ys in series.items():
-        ax.plot(xs[: len(ys)], ys, label=name)
+        x = xs[name] if isinstance(xs, dict) else xs
+        ax.plot(x[: len(ys)], ys, label=name, **(styles or {}).get(name, {}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if logy:
         ax.set_yscale("log")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     if title:
         ax.set_title(title)
     if len(series) > 1:

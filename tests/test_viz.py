@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from t2i_helpers.viz import image_grid, image_rows, save_figure, to_uint8
+from t2i_helpers.viz import image_grid, image_rows, plot_curves, save_figure, to_uint8
 
 
 def test_to_uint8_maps_minus_one_to_zero_and_one_to_255():
@@ -36,3 +36,14 @@ def test_image_rows_has_a_row_per_entry_and_save_figure_writes_png_and_pdf(tmp_p
     with Image.open(png) as image:
         assert image.size[0] > image.size[1] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.pdf", "rows.png"]  # no temp files left
+
+
+def test_plot_curves_shared_or_per_series_x_with_styles():
+    fig = plot_curves([0, 1, 2], {"a": [1.0, 2.0, 3.0], "b": [5.0, 4.0]}, "x", "y")
+    a, b = fig.axes[0].get_lines()
+    assert list(a.get_xdata()) == [0, 1, 2] and list(b.get_xdata()) == [0, 1]  # shorter series: first xs
+    fig = plot_curves({"a": [0.5, 3.0], "b": [1.0]}, {"a": [0.1, 0.2], "b": [0.9]}, "x", "y",
+                      styles={"b": {"ls": "--", "color": "C3"}}, ylim=(0, 1))
+    a, b = fig.axes[0].get_lines()
+    assert list(a.get_xdata()) == [0.5, 3.0] and list(b.get_xdata()) == [1.0]
+    assert b.get_linestyle() == "--" and fig.axes[0].get_ylim() == (0, 1)

@@ -381,6 +381,7 @@ def shapes_dataset(images: int | None = None, image_size: int = 64, seed: int = 
     make_shapes(root, ShapesConfig(images=images, image_size=image_size, seed=seed))  # no-op when complete
     return root
 
+
 def _up_to_date(paths: ShapesPaths, config: ShapesConfig) -> bool:
     try:
         for p in (paths.train_json, paths.val_json):
