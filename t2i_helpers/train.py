@@ -531,9 +531,12 @@ def train(
             last_losses = step_losses
 
             if deadline is not None:
-                out_of_time = time.perf_counter() >= deadline
-                if world > 1:  # every rank stops at the same step: rank 0's clock decides
-                    flag = torch.tensor([float(out_of_time)], device=device)
+                if world == 1:
+                    out_of_time = time.perf_counter() >= deadline
+                elif step % train_config.log_every == 0:
+                    # Every rank stops at the same step, rank 0's clock decides. The broadcast waits for
+                    # all GPUs, so it runs every log_every steps, not in every step.
+                    flag = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
                     torch.distributed.broadcast(flag, src=0)
                     out_of_time = bool(flag.item())
             final = step == train_config.steps or out_of_time
