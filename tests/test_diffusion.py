@@ -353,3 +353,19 @@ def test_learned_position_embedding_is_wired_into_the_unet():
         on.unet.position.add_(torch.randn_like(on.unet.position))
         after = on.unet(x, t, text, tokens, mask)
     assert (before - after).abs().mean() > 1e-3
+
+
+def test_the_cached_position_code_equals_the_formula_and_serves_training_after_inference_mode():
+    from t2i_helpers.models.diffusion import AttentionBlock, _position_code_for, position_code
+
+    _position_code_for.cache_clear()
+    torch.manual_seed(0)
+    block = AttentionBlock(channels=16, context_dim=8, head_dim=8, position_code=True)
+    x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 8)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with torch.inference_mode():  # the table is first built while sampling ...
+        block(x, ctx, mask)
+    assert torch.equal(_position_code_for(4, 4, 16, x.device, x.dtype), position_code(4, 4, 16))
+    x.requires_grad_(True)
+    block(x, ctx, mask).sum().backward()  # ... and then used where gradients are needed
+    assert x.grad is not None and _position_code_for.cache_info().hits >= 1

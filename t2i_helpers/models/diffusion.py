@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import torch
@@ -189,6 +190,14 @@ def position_code(h: int, w: int, channels: int, device: torch.device | None = N
     return F.pad(code, (0, channels - 4 * quarter))  # channels not divisible by 4: zeros at the end
 
 
+@lru_cache(maxsize=64)
+def _position_code_for(h: int, w: int, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:func:`position_code`, computed once per (size, device, dtype) instead of in every forward pass.
+    Made outside inference mode, so a table first built while sampling can still be used in training."""
+    with torch.inference_mode(False), torch.no_grad():
+        return position_code(h, w, channels, device).to(dtype)
+
+
 class AttentionBlock(nn.Module):
     """Self-attention among pixels, then cross-attention from pixels (queries) to caption tokens.
 
@@ -219,7 +228,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         seq = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-        pos = position_code(h, w, c, x.device).to(seq.dtype) if self.use_position else 0.0
+        pos = _position_code_for(h, w, c, x.device, seq.dtype) if self.use_position else 0.0
         normed = self.norm1(seq)
         weight, bias = self.qkv.weight, self.qkv.bias
         q, k = F.linear(normed + pos, weight[: 2 * c], bias[: 2 * c]).chunk(2, dim=-1)  # where + what
