@@ -18,6 +18,22 @@ from typing import Any
 import torch
 
 
+def window_rates(step_times: list[float], windows: int = 5) -> dict[str, float] | None:
+    """Steps per second in ``windows`` consecutive equal windows of the timed steps: median, min, max.
+
+    Why: on a shared machine (a cloud VM, a Colab session) other load comes in bursts, and the rate
+    over the whole run can move by a third from one run to the next. The median window is what the
+    machine does when left alone; min and max show how much the run was disturbed. None when there
+    are fewer steps than windows.
+    """
+    if len(step_times) < windows:
+        return None
+    size = len(step_times) // windows
+    rates = sorted(_rate(size, sum(step_times[i * size:(i + 1) * size])) for i in range(windows))
+    return {"median": rates[windows // 2], "min": rates[0], "max": rates[-1], "windows": windows,
+            "steps_per_window": size}
+
+
 @dataclass(eq=False)
 class _RandomTable:
     """Stand-in caption table (random vectors) so the loader benchmark needs no text model."""
@@ -163,8 +179,6 @@ def bench_data(
     return result
 
 
-__all__ = ["bench_data"]
-
 
 def bench_train(
     family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int | None = None,
@@ -176,6 +190,8 @@ def bench_train(
     Reports training images/s, where a step's time goes (data + text vs the optimisation itself),
     sampling images/s at ``sample_steps`` DDIM steps with guidance, peak memory, parameter count,
     precision and device. Uses the family's full config (its smoke config under ``T2I_SMOKE=1``).
+    ``train_steps_per_s`` is over all timed steps; ``train_steps_per_s_windows`` splits them into five
+    windows (median, min, max), so a burst of other load on a shared machine shows as spread.
     """
     from t2i_helpers.config import pick
     from t2i_helpers.data.cache import CachedLoader
@@ -220,6 +236,7 @@ def bench_train(
 
         warmup = max(3, steps // 10)
         data_s = step_s = 0.0
+        step_times: list[float] = []  # wall seconds of each timed step (data + optimisation)
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(dev)
         for i in range(warmup + steps):
@@ -234,6 +251,7 @@ def bench_train(
             if i >= warmup:
                 data_s += t1 - t0
                 step_s += t2 - t1
+                step_times.append(t2 - t0)
         images = steps * batch_size
         # FLOPs of one training step (forward + backward, every phase), counted by torch, not timed:
         # with the images/s above it gives the achieved TFLOP/s, i.e. how well the device is used.
@@ -262,6 +280,7 @@ def bench_train(
             "steps_timed": steps,
             "train_images_per_s": _rate(images, data_s + step_s),
             "train_steps_per_s": _rate(steps, data_s + step_s),
+            "train_steps_per_s_windows": window_rates(step_times),
             "train_gflop_per_image": round(train_gflop, 3),
             "train_tflop_per_s": round(train_gflop * images / (data_s + step_s) / 1e3, 3),
             "data_and_text_fraction": round(data_s / (data_s + step_s), 4),
@@ -269,8 +288,12 @@ def bench_train(
             "sample_options": options,
             "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if on_gpu else None,
             "threads": torch.get_num_threads(),
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         }
         return result
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+__all__ = ["bench_data", "bench_train", "window_rates"]

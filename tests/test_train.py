@@ -195,11 +195,16 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
     from t2i_helpers.models import build_model, default_config
 
     monkeypatch.setenv("T2I_SMOKE", "1")
-    result = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu")
+    result = bench_train("baseline", steps=5, batch_size=4, shapes_images=20, device="cpu")
     expected_params = sum(p.numel() for p in build_model("baseline", default_config("baseline"), 384).parameters())
     assert result["parameters"] == expected_params and result["precision"] == "fp32"
     assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
     assert result["image_size"] == default_config("baseline").image_size
+    # Five windows of one step each; the rate over all steps lies between the slowest and fastest window.
+    windows = result["train_steps_per_s_windows"]
+    assert windows["windows"] == 5 and windows["steps_per_window"] == 1
+    assert windows["min"] <= windows["median"] <= windows["max"]
+    assert windows["min"] * 0.99 <= result["train_steps_per_s"] <= windows["max"] * 1.01
     # FLOPs: at least the first Linear's forward and weight-gradient matmuls (2 * in * out each) per image;
     # the achieved rate is FLOPs per image times images per second.
     fc = build_model("baseline", default_config("baseline"), 384).decoder.fc
@@ -264,3 +269,14 @@ def test_optimizers_take_the_same_step_as_plain_adamw():
         plain.step()
     for p, q in zip(model.parameters(), reference):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_window_rates_split_steps_into_equal_windows():
+    from t2i_helpers.bench import window_rates
+
+    # 10 steps in 5 windows of 2: window times 0.2, 0.4, 0.1, 1.0, 0.2 s -> 10, 5, 20, 2, 10 steps/s.
+    times = [0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.5, 0.5, 0.1, 0.1]
+    assert window_rates(times) == {"median": 10.0, "min": 2.0, "max": 20.0, "windows": 5, "steps_per_window": 2}
+    # Leftover steps past the last full window are not counted; too few steps give None.
+    assert window_rates(times + [9.0])["min"] == 2.0
+    assert window_rates([0.1, 0.1]) is None
