@@ -670,8 +670,8 @@ def evaluate_images(
         acc["real_images"] = attribute_accuracy(real_pred, targets, mentions)
         report["attribute_accuracy"] = acc
         report["attribute_errors"] = attribute_errors(pred, targets, mentions)  # val: what goes wrong most
-        if held.any():  # pairs never trained on fail in their own ways (a CPU probe drew blue squares
-            report["attribute_errors_held_out"] = attribute_errors(  # so pale that they read as white)
+        if held.any():  # pairs never trained on fail in their own ways
+            report["attribute_errors_held_out"] = attribute_errors(
                 pick(held, pred), pick(held, targets), pick(held, mentions))
         report["attribute_accuracy_by_drawn_size"] = attribute_accuracy_by(pred, targets, mentions, "size")
 
