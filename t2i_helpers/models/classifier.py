@@ -68,7 +68,9 @@ class ClassifierConfig:
 
     @classmethod
     def smoke(cls) -> "ClassifierConfig":
-        return cls(steps=400)
+        """Fewer steps for the smoke data (400 images). 400 steps read real val shapes at 0.94 and
+        held-out pairs at 0.77 once training images were degraded; 600 steps at 0.99 and 1.00."""
+        return cls(steps=600)
 
 
 class AttributeClassifier(nn.Module):
