@@ -96,8 +96,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     options = {k: v for k, v in (("guidance", args.guidance), ("steps", args.sample_steps)) if v is not None}
     report = evaluate_run(args.run, image_root, ann_file, n=args.n, fid=args.fid,
                           inception_weights=args.inception_weights, seed=args.seed, generate_options=options,
-                          contrastive=not args.no_retrieval)
+                          contrastive=not args.no_retrieval, error_figure_path=args.error_figure)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if report.get("error_figure") and not args.json:
+        print(f"error figure: {report['error_figure'][0]} (+ .pdf)")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -218,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (diffusion)")
     p.add_argument("--sample-steps", type=int, help="DDIM steps for the samples (diffusion)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the CLIP-style model and R-precision")
+    p.add_argument("--error-figure", type=Path, metavar="PATH",
+                   help="Shapes: save the samples behind the commonest errors as PATH.png and PATH.pdf")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -246,7 +246,8 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
         training["parameters"] = sum(p.numel() for p in run.model.parameters())
         report = evaluate_run(run, image_root, val_ann, n=config.eval_captions, fid=config.fid,
                               inception_weights=config.inception_weights, seed=config.seed, contrastive=False,
-                              device=config.device, generate_options=options)
+                              device=config.device, generate_options=options,
+                              error_figure_path=out / f"compare_errors_{family}")
         rows.append(_row(family, training, report))
         if val is None:
             val = load_eval_data(image_root, val_ann, image_size=64)

@@ -59,6 +59,8 @@ __all__ = [
     "attribute_errors",
     "attribute_accuracy_by",
     "describe_errors",
+    "error_examples",
+    "error_figure",
     "r_precision",
     "clip_score",
     "caption_fits",
@@ -492,6 +494,44 @@ def attribute_errors(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
             for (k, wanted, drawn), n in ranked[:top]]
 
 
+def error_examples(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
+                   mentions: Sequence[Sequence[str]] | None, error: dict, limit: int = 8) -> list[int]:
+    """Indices of (up to ``limit``) images showing ``error``, one entry of :func:`attribute_errors`.
+
+    For looking before believing: a judge that has only seen clean renders can misread a sample that
+    a person reads at once (a speckled blue square read as white), and only the images tell.
+    """
+    k, wanted, drawn = error["attribute"], error["wanted"], error["drawn"]
+    found = []
+    for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
+        if k in _judged(t, None if mentions is None else mentions[i]) and t[k] == wanted and p.get(k) == drawn:
+            found.append(i)
+            if len(found) == limit:
+                break
+    return found
+
+
+def error_figure(images: Tensor, pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
+                 mentions: Sequence[Sequence[str]] | None, captions: Sequence[str], top: int = 4, per_error: int = 8,
+                 title: str | None = None):
+    """One row per commonest error (:func:`attribute_errors`), showing samples the judge marked with it.
+
+    Returns a matplotlib figure, or None when nothing was judged wrong. Column titles are the captions
+    of the first row's images.
+    """
+    from t2i_helpers.viz import image_rows
+
+    errors = attribute_errors(pred_attrs, target_attrs, mentions, top=top)
+    if not errors:
+        return None
+    rows, first = {}, None
+    for e in errors:
+        idx = error_examples(pred_attrs, target_attrs, mentions, e, per_error)
+        first = idx if first is None else first
+        rows[f"{e['attribute']}: {e['wanted']}\nread as {e['drawn']}\n({100 * e['share']:.1f}%)"] = images[idx]
+    return image_rows(rows, [captions[i] for i in first], size=1.0, title=title)
+
+
 def describe_errors(errors: Sequence[dict], top: int = 3) -> str:
     """``attribute_errors`` in words: "shape circle drawn as square 13.5%; ..." (share of the captions
     that mention the attribute)."""
@@ -714,7 +754,7 @@ def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os
                  n: int = 1000, fid: str = "proxy", inception_weights: str | os.PathLike | None = None,
                  seed: int = 0, batch_size: int = 100, contrastive: bool = True, device: str = "auto",
                  classifier_config: Any = None, clip_config: Any = None, n_real: int | None = None,
-                 generate_options: dict | None = None) -> dict:
+                 generate_options: dict | None = None, error_figure_path: str | os.PathLike | None = None) -> dict:
     """Generate ``n`` images for (a seeded sample of) the split's captions and score them.
 
     ``ann_file`` is the split to evaluate (normally val). On Shapes the attribute classifier trains
@@ -724,7 +764,9 @@ def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os
     default (full or smoke) configurations. Real statistics use every image of the split unless
     ``n_real`` picks a seeded sample. ``generate_options`` go to the sampler (e.g. ``guidance``,
     ``steps`` for diffusion) and are recorded in the report. ``run_dir`` may also be a run already
-    loaded with :func:`t2i_helpers.train.load_run` (it is then not read again).
+    loaded with :func:`t2i_helpers.train.load_run` (it is then not read again). On Shapes,
+    ``error_figure_path`` (a path without extension) saves :func:`error_figure` as PNG and PDF there:
+    the samples behind the commonest errors, to check the judge by eye.
     """
     from t2i_helpers.models.classifier import _sibling, load_or_train_attribute_classifier
     from t2i_helpers.train import LoadedRun, load_run
@@ -762,6 +804,20 @@ def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os
     report = evaluate_images(images, ids, data, fid=fid, classifier=classifier, inception_weights=inception_weights,
                              contrastive=model, caption_embeddings=caption_emb, n_real=n_real, seed=seed, device=dev)
     report.update(run=str(run_dir), family=run.family, step=run.step, generate_options=options, **extra)
+    if error_figure_path is not None and classifier is not None:
+        import matplotlib.pyplot as plt
+
+        from t2i_helpers.models.classifier import predict_attributes
+        from t2i_helpers.viz import save_figure
+
+        fig = error_figure(images, predict_attributes(classifier, images),
+                           [data.attributes[data.caption_image[c]] for c in ids], [data.mentions[c] for c in ids],
+                           [data.captions[c] for c in ids],
+                           title=f"{run.family}, step {run.step}: samples behind the commonest errors (val)")
+        if fig is not None:
+            path = Path(error_figure_path)
+            report["error_figure"] = [str(p) for p in save_figure(fig, path.name, path.parent)]
+            plt.close(fig)
     return report
 
 

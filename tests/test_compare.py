@@ -101,6 +101,8 @@ def test_compare_trains_scores_and_reuses_finished_runs(shapes, tmp_path, capsys
     assert result.table_path.read_text().count("\n| ") == 2  # one line per model under the header
     png, pdf = result.figure_paths
     assert png.read_bytes()[:4] == b"\x89PNG" and pdf.read_bytes()[:4] == b"%PDF"
+    for row in result.rows:  # smoke models get things wrong: the samples behind it, one figure per model
+        assert (tmp_path / "cmp" / f"compare_errors_{row['model']}.png").read_bytes()[:4] == b"\x89PNG"
     before = (tmp_path / "cmp" / "diffusion" / "checkpoint.pt").stat().st_mtime_ns
     capsys.readouterr()
     again = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)

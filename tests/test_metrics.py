@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,6 +297,35 @@ def test_attribute_errors_count_only_mentioned_mistakes_most_frequent_first():
         attribute_errors(preds, targets[:2])
 
 
+def test_error_examples_and_error_figure_show_the_images_behind_each_error():
+    import matplotlib.pyplot as plt
+
+    from t2i_helpers.metrics import error_examples, error_figure
+
+    targets = [{"shape": "circle", "size": "small"}] * 3 + [{"shape": "square", "size": "large"}] * 2
+    preds = [{"shape": "square", "size": "large"}, {"shape": "square", "size": "small"},
+             {"shape": "triangle", "size": "small"}, {"shape": "circle", "size": "small"},
+             {"shape": "square", "size": "large"}]
+    mentions = [["shape"], ["shape", "size"], ["shape"], ["shape", "size"], ["shape"]]
+    errors = attribute_errors(preds, targets, mentions)
+    assert error_examples(preds, targets, mentions, errors[0]) == [0, 1]  # circle read as square
+    assert error_examples(preds, targets, mentions, errors[0], limit=1) == [0]
+    assert error_examples(preds, targets, mentions, errors[3]) == [3]  # size large->small: image 3 only
+    # image 0's wrong size is not mentioned, so it is no example of a size error
+    assert error_examples(preds, targets, mentions, {"attribute": "size", "wanted": "small", "drawn": "large"}) == []
+
+    images = torch.linspace(-1, 1, 5).view(5, 1, 1, 1).expand(5, 3, 8, 8)
+    captions = [f"caption {i}" for i in range(5)]
+    fig = error_figure(images, preds, targets, mentions, captions, top=2)
+    image_axes = [ax for ax in fig.axes if ax.images]
+    # two rows (the two commonest errors), as wide as the longest row (2 examples): images 0, 1 then 2
+    assert len(image_axes) == 3
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["caption 0", "caption 1"]
+    assert "read as square" in fig.axes[0].get_ylabel() and "read as triangle" in fig.axes[2].get_ylabel()
+    plt.close(fig)
+    assert error_figure(images, targets, targets, mentions, captions) is None  # nothing wrong, no figure
+
+
 def test_attribute_accuracy_by_splits_on_the_drawn_value():
     targets = [{"shape": "circle", "size": "small"}] * 4
     preds = [{"shape": "square", "size": "small"}, {"shape": "circle", "size": "small"},
@@ -448,8 +478,14 @@ def test_evaluate_run_scores_a_run(small_shapes, tmp_path, monkeypatch, one_thre
     monkeypatch.setattr(t2i_helpers.train, "load_run", lambda run_dir, device="auto": run)
     report = metrics.evaluate_run(tmp_path / "run", small_shapes.images_dir, small_shapes.val_json, n=60,
                                   fid="proxy", classifier_config=ClassifierConfig(input_size=32, steps=30),
-                                  clip_config=ClipConfig(steps=20, batch_size=32))
+                                  clip_config=ClipConfig(steps=20, batch_size=32),
+                                  error_figure_path=tmp_path / "figs" / "errors")
     assert report["family"] == "fake" and report["step"] == 7 and report["n_generated"] == 60
+    # a 30-step judge makes mistakes; the samples behind them are saved as PNG and PDF
+    assert report["attribute_errors"]
+    png, pdf = (Path(p) for p in report["error_figure"])
+    assert png == tmp_path / "figs" / "errors.png" and png.read_bytes()[:4] == b"\x89PNG"
+    assert pdf.read_bytes()[:4] == b"%PDF"
     assert report["protocol"]["n_generated"] == 60 and report["protocol"]["resolution"] == 32
     assert report["fid_proxy"] >= 0 and "fid" not in report
     assert {"val", "held_out", "real_images"} <= set(report["attribute_accuracy"])
