@@ -148,8 +148,10 @@ def test_degrade_keeps_every_label_and_the_black_background(shapes):
         mean = ((image + 1) * 127.5)[:, mask[0]].mean(dim=1)
         assert list(COLORS)[int(((palette - mean) ** 2).sum(1).argmin())] == attrs["color"]
         assert not torch.equal(image, clean)  # every chosen image really changed
-    far = F.max_pool2d(alpha, 7, stride=1, padding=3) == 0  # background away from the (possibly softened) edge
-    assert torch.equal(out[far.expand_as(out)], x[far.expand_as(x)])
+    # The background, away from the (possibly softened) edge, is no longer pure black but stays dark.
+    far = (F.max_pool2d(alpha, 7, stride=1, padding=3) == 0).expand_as(out)
+    assert torch.all(x[far] == -1) and (out[far] > -1).any()
+    assert out[far].mean() < -1 + config.background and torch.quantile(out[far], 0.99) < -1 + 4 * config.background
     # degrade = 0 chooses nothing; the same seed gives the same images
     assert torch.equal(degrade(x, alpha, ClassifierConfig(degrade=0.0), torch.Generator().manual_seed(0)), x)
     assert torch.equal(degrade(x, alpha, config, torch.Generator().manual_seed(0)), out)
