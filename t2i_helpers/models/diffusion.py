@@ -353,7 +353,9 @@ class UNet(nn.Module):
 def apply_dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     """Imagen's dynamic thresholding: per sample, ``s`` = the ``percentile`` of ``|x0|`` (at least 1);
     clip to [-s, s] and divide by ``s``. Unlike a plain clip it keeps detail in saturated
-    regions, which matters at high guidance."""
+    regions, which matters at high guidance. It also shrinks every pixel whenever some overshoot,
+    which washed out Shapes' flat, saturated palette colours: a 32 px CPU probe at guidance 5 had
+    every attribute right for 0.09 of val captions with it (0.995) and 0.69 with the plain clip."""
     s = torch.quantile(x0.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0).to(x0.dtype)
     s = _expand(s)
     return x0.clamp(-s, s) / s
