@@ -276,12 +276,18 @@ def test_attribute_accuracy_judges_only_mentioned_attributes():
         attribute_accuracy(preds, targets[:2], mentions)
 
 
-def test_attribute_errors_count_only_mentioned_mistakes_most_frequent_first():
+def _five_judged_images():
+    """(preds, targets, mentions) of five images with hand-counted mistakes (see the next test)."""
     targets = [{"shape": "circle", "size": "small"}] * 3 + [{"shape": "square", "size": "large"}] * 2
     preds = [{"shape": "square", "size": "large"}, {"shape": "square", "size": "small"},
              {"shape": "triangle", "size": "small"}, {"shape": "circle", "size": "small"},
              {"shape": "square", "size": "large"}]
     mentions = [["shape"], ["shape", "size"], ["shape"], ["shape", "size"], ["shape"]]
+    return preds, targets, mentions
+
+
+def test_attribute_errors_count_only_mentioned_mistakes_most_frequent_first():
+    preds, targets, mentions = _five_judged_images()
     errors = attribute_errors(preds, targets, mentions)
     # shape judged 5 times: circle->square twice, circle->triangle once, square->circle once;
     # size judged twice: large->small once (the first image's wrong size is not mentioned).
@@ -302,11 +308,7 @@ def test_error_examples_and_error_figure_show_the_images_behind_each_error():
 
     from t2i_helpers.metrics import error_examples, error_figure
 
-    targets = [{"shape": "circle", "size": "small"}] * 3 + [{"shape": "square", "size": "large"}] * 2
-    preds = [{"shape": "square", "size": "large"}, {"shape": "square", "size": "small"},
-             {"shape": "triangle", "size": "small"}, {"shape": "circle", "size": "small"},
-             {"shape": "square", "size": "large"}]
-    mentions = [["shape"], ["shape", "size"], ["shape"], ["shape", "size"], ["shape"]]
+    preds, targets, mentions = _five_judged_images()
     errors = attribute_errors(preds, targets, mentions)
     assert error_examples(preds, targets, mentions, errors[0]) == [0, 1]  # circle read as square
     assert error_examples(preds, targets, mentions, errors[0], limit=1) == [0]
