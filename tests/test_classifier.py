@@ -171,3 +171,33 @@ def test_the_judge_reads_degraded_real_images(trained, shapes):
     assert min(accuracy[k] for k in ("color", "size", "position")) >= 0.99, accuracy
     # Softened small shapes are the hard part (0.96 with 480 training images; clean: >= 0.99 above).
     assert accuracy["shape"] >= 0.93, accuracy
+
+
+def test_training_degrades_each_image_with_its_own_object_mask(shapes, monkeypatch, tmp_path):
+    """Mirrored images must bring their (mirrored) coverage along, or the colour shift lands beside the object."""
+    import t2i_helpers.models.classifier as classifier
+
+    calls = []
+    real_degrade = classifier.degrade
+
+    def checking_degrade(x, alpha, config, generator):
+        lit = (x + 1).amax(dim=1, keepdim=True) > 0.5  # the object's pixels (background is black)
+        calls.append(((alpha > 0.5) == lit).float().mean().item())
+        return real_degrade(x, alpha, config, generator)
+
+    monkeypatch.setattr(classifier, "degrade", checking_degrade)
+    classifier.train_attribute_classifier(shapes.images_dir, shapes.train_json, steps=3, val_ann_file=shapes.val_json,
+                                          config=ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16,
+                                                                  noise_std=0.0))
+    assert len(calls) == 3 and min(calls) > 0.98, calls
+
+
+def test_a_new_training_version_retrains_instead_of_reusing_the_cache(shapes, monkeypatch, tmp_path):
+    import t2i_helpers.models.classifier as classifier
+
+    tiny = ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16, steps=2)
+    train = lambda: load_or_train_attribute_classifier(shapes.images_dir, shapes.train_json,  # noqa: E731
+                                                       config=tiny, cache_dir=tmp_path)[1]["from_cache"]
+    assert train() is False and train() is True
+    monkeypatch.setattr(classifier, "TRAINING_VERSION", classifier.TRAINING_VERSION + 1)
+    assert train() is False and len(list(tmp_path.glob("attributes-*.pt"))) == 2

@@ -262,6 +262,11 @@ def _sibling(ann_file: Path, split: str) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------- training
+# Part of the cache key: bump it when the training code changes what a config trains into, so that
+# cached judges from the old code are retrained instead of reused. 2: degrade, masks flipped with images.
+TRAINING_VERSION = 2
+
+
 def degrade(x: Tensor, alpha: Tensor, config: ClassifierConfig, generator: torch.Generator) -> Tensor:
     """Give a share ``config.degrade`` of the images the flaws of generated ones, keeping every label.
 
@@ -273,9 +278,8 @@ def degrade(x: Tensor, alpha: Tensor, config: ClassifierConfig, generator: torch
     * uneven brightness: the object multiplied by a smooth random field within ``1 +- texture``;
     * a background that is not pure black: lifted by up to ``background`` and noisy (fine or in 2x2
       blocks, as patch-based models leave it). Samples of a 32 px probe: lifted 0.06, noise 0.05.
-      Small triangles read as circles in that probe's samples, 400 val / 300 held-out: judge on
-      clean renders 7 / 12, with the flaws above but a black background 13 / 12, with this 11 / 8
-      (by eye they were triangles: small-object shape scores remain a lower bound);
+      Small triangles (plainly triangles by eye) read as circles in that probe's samples, 400 val /
+      300 held-out: judge trained on clean renders 7 / 12, with all of these flaws 3 / 7;
     * for half of them, softer edges: a round trip through half resolution (a model that generates
       at 32 px is judged after upsampling to 64 px).
 
@@ -359,14 +363,14 @@ def train_attribute_classifier(
     loss = torch.zeros(())
     for step in range(config.steps):
         idx = torch.randint(n, (min(config.batch_size, n),), generator=generator).to(device)
-        x = x_all[idx]
+        x, coverage = x_all[idx], alpha[idx]  # image and object coverage travel together (flips below)
         targets = {k: v[idx] for k, v in y_all.items()}
         if recolor > 0:
             # The train split never shows the held-out colour-shape pairs; without this the judge
             # learns "red implies not a triangle" and misreads exactly the images that test composition.
             repaint = torch.rand(len(idx), generator=generator).to(device) < recolor
             colors = torch.randint(len(palette), (len(idx),), generator=generator).to(device)
-            painted = alpha[idx] * palette.to(device)[colors][:, :, None, None] - 1.0
+            painted = coverage * palette.to(device)[colors][:, :, None, None] - 1.0
             x = torch.where(repaint[:, None, None, None], painted, x)
             targets["color"] = torch.where(repaint, colors, targets["color"])
         if mirror is not None:
@@ -374,9 +378,10 @@ def train_attribute_classifier(
             # and swaps left and right positions: twice the layouts for free.
             flip = torch.rand(len(idx), generator=generator).to(device) < 0.5
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            coverage = torch.where(flip[:, None, None, None], coverage.flip(-1), coverage)
             targets["position"] = torch.where(flip, mirror[targets["position"]], targets["position"])
         if config.degrade > 0:
-            x = degrade(x, alpha[idx], config, generator)
+            x = degrade(x, coverage, config, generator)
         if config.noise_std > 0:
             x = x + config.noise_std * torch.randn(x.shape, generator=generator).to(device)
         logits = model(x)
@@ -453,7 +458,7 @@ def load_or_train_attribute_classifier(
     val_ann = _sibling(ann_file, "val")
     config = config or pick(ClassifierConfig(), ClassifierConfig.smoke())
     key_src = json.dumps({"train": _file_digest(train_ann), "val": _file_digest(val_ann) if val_ann else None,
-                          "config": asdict(config)}, sort_keys=True)
+                          "config": asdict(config), "training": TRAINING_VERSION}, sort_keys=True)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     cache = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "classifier"
     path = cache / f"attributes-{key}.pt"
