@@ -644,6 +644,8 @@ def evaluate_images(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
+    error_figure_path: str | os.PathLike | None = None,
+    error_figure_title: str | None = None,
 ) -> dict:
     """Score generated images (in [-1, 1]) made for ``data.captions[caption_ids]``.
 
@@ -653,7 +655,8 @@ def evaluate_images(
     real images of the same captions: the ceiling); with a ``contrastive`` model and
     ``caption_embeddings`` [C, D] (pooled text embeddings of ``data.captions``) ``r_precision`` and
     ``clip_score``. ``fid="none"`` skips FID. Proxy FID uses the classifier's features on Shapes, the
-    contrastive model's image features elsewhere.
+    contrastive model's image features elsewhere. On Shapes, ``error_figure_path`` (a path without
+    extension) saves :func:`error_figure` there as PNG and PDF, listed in the report as ``error_figure``.
     """
     caption_ids = np.asarray(caption_ids, dtype=np.int64)
     if len(caption_ids) != len(images):
@@ -714,6 +717,17 @@ def evaluate_images(
             report["attribute_errors_held_out"] = attribute_errors(
                 pick(held, pred), pick(held, targets), pick(held, mentions))
         report["attribute_accuracy_by_drawn_size"] = attribute_accuracy_by(pred, targets, mentions, "size")
+        if error_figure_path is not None:
+            fig = error_figure(images, pred, targets, mentions, [data.captions[c] for c in caption_ids],
+                               title=error_figure_title)
+            if fig is not None:
+                import matplotlib.pyplot as plt
+
+                from t2i_helpers.viz import save_figure
+
+                path = Path(error_figure_path)
+                report["error_figure"] = [str(p) for p in save_figure(fig, path.name, path.parent)]
+                plt.close(fig)
 
     if contrastive is not None and caption_embeddings is not None:
         if len(caption_embeddings) != len(data.captions):
@@ -765,8 +779,8 @@ def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os
     ``n_real`` picks a seeded sample. ``generate_options`` go to the sampler (e.g. ``guidance``,
     ``steps`` for diffusion) and are recorded in the report. ``run_dir`` may also be a run already
     loaded with :func:`t2i_helpers.train.load_run` (it is then not read again). On Shapes,
-    ``error_figure_path`` (a path without extension) saves :func:`error_figure` as PNG and PDF there:
-    the samples behind the commonest errors, to check the judge by eye.
+    ``error_figure_path`` saves the samples behind the commonest errors (see :func:`evaluate_images`),
+    to check the judge by eye.
     """
     from t2i_helpers.models.classifier import _sibling, load_or_train_attribute_classifier
     from t2i_helpers.train import LoadedRun, load_run
@@ -802,22 +816,10 @@ def evaluate_run(run_dir: Any, image_root: str | os.PathLike, ann_file: str | os
         caption_emb = encode(data.captions)
         extra["contrastive"] = {k: clip_report.get(k) for k in ("val_r_precision", "train_images", "steps")}
     report = evaluate_images(images, ids, data, fid=fid, classifier=classifier, inception_weights=inception_weights,
-                             contrastive=model, caption_embeddings=caption_emb, n_real=n_real, seed=seed, device=dev)
+                             contrastive=model, caption_embeddings=caption_emb, n_real=n_real, seed=seed, device=dev,
+                             error_figure_path=error_figure_path,
+                             error_figure_title=f"{run.family}, step {run.step}: samples behind the commonest errors")
     report.update(run=str(run_dir), family=run.family, step=run.step, generate_options=options, **extra)
-    if error_figure_path is not None and classifier is not None:
-        import matplotlib.pyplot as plt
-
-        from t2i_helpers.models.classifier import predict_attributes
-        from t2i_helpers.viz import save_figure
-
-        fig = error_figure(images, predict_attributes(classifier, images),
-                           [data.attributes[data.caption_image[c]] for c in ids], [data.mentions[c] for c in ids],
-                           [data.captions[c] for c in ids],
-                           title=f"{run.family}, step {run.step}: samples behind the commonest errors (val)")
-        if fig is not None:
-            path = Path(error_figure_path)
-            report["error_figure"] = [str(p) for p in save_figure(fig, path.name, path.parent)]
-            plt.close(fig)
     return report
 
 
