@@ -637,7 +637,8 @@ class EmbeddingCache:
             path = self.root / shard_name
             try:
                 # mmap: only the rows we index are read from disk, not the whole token tensor.
-                shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                # (str: torch < 2.3 memory-maps only a file name, not a Path.)
+                shard = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             except Exception as err:
                 raise T2IError(f"unreadable text cache shard {path}: delete {self.root} to rebuild") from err
             out_rows = torch.tensor([p[0] for p in pairs])

@@ -1,11 +1,17 @@
-"""The three install routes (pyproject ranges, constraints pins, environment.yml) agree."""
+"""The install routes (pyproject ranges, constraints pins, environment.yml, the oldest pins) agree."""
 from __future__ import annotations
 
 import re
-import tomllib
+import sys
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (make test-oldest): these checks read files only, so skip them without tomli
+    tomllib = pytest.importorskip("tomli")
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +57,20 @@ def test_environment_yml_lists_the_same_pins_as_constraints():
 def test_pyproject_uses_ranges_so_colab_keeps_its_torch():
     for req in _pyproject_requirements():
         assert not any(s.operator == "==" for s in req.specifier), f"{req} pins; use a range in pyproject.toml"
+
+
+def test_oldest_constraints_pin_exactly_the_lower_bounds():
+    """constraints-oldest.txt is what `make test-oldest` installs: each runtime dependency at the lower
+    bound pyproject.toml declares, so a passing run there is evidence for that bound."""
+    oldest = _pins((ROOT / "constraints-oldest.txt").read_text().splitlines())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_norm(Requirement(r).name) for r in project["dependencies"]}
+    for req in _pyproject_requirements():
+        name = _norm(req.name)
+        if name not in oldest:
+            assert name not in runtime, f"{req.name} is a dependency but not pinned in constraints-oldest.txt"
+            continue
+        lower = [s.version for s in req.specifier if s.operator == ">="]
+        assert lower, f"{req.name} has no lower bound in pyproject.toml"
+        assert Version(oldest[name]) == Version(lower[0]), (
+            f"{req.name}: constraints-oldest.txt pins {oldest[name]}, pyproject.toml's lower bound is {lower[0]}")
