@@ -20,12 +20,15 @@ from t2i_helpers.models.classifier import (
 def shapes(tmp_path_factory):
     from t2i_helpers.data.shapes import ShapesConfig, make_shapes
 
-    return make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=600, image_size=64, seed=0))
+    # 1,200 images, not fewer: with 480 training images the judge of seed 0 made 1 shape error in 120 val
+    # images on torch 2.14 and 3 on torch 2.3 (numerics differ), too close to the 0.99 asked below.
+    # With 960 it makes 1 in 240 on both.
+    return make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=1200, image_size=64, seed=0))
 
 
 @pytest.fixture(scope="module")
 def trained(shapes, tmp_path_factory):
-    """The default configuration, trained once on 480 train images (cached in a temp folder)."""
+    """The default configuration, trained once on 960 train images (cached in a temp folder)."""
     cache = tmp_path_factory.mktemp("classifier-cache")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny CNN gains little from 2 threads and loses a lot on a busy machine
@@ -40,7 +43,7 @@ def trained(shapes, tmp_path_factory):
 @pytest.mark.slow  # trains the classifier: tens of seconds on 2 CPU cores
 def test_classifier_reads_every_attribute_of_real_val_images(trained):
     _, report, _ = trained
-    assert report["from_cache"] is False and report["train_images"] == 480 and report["val_images"] == 120
+    assert report["from_cache"] is False and report["train_images"] == 960 and report["val_images"] == 240
     for name in ("color", "shape", "size", "position"):
         assert report["val_accuracy"][name] >= 0.99, report["val_accuracy"]
     # colour-shape pairs absent from the train split are read as well as the others
@@ -169,7 +172,7 @@ def test_the_judge_reads_degraded_real_images(trained, shapes):
     x = degrade(uint8_to_float(val.images), alpha, ClassifierConfig(degrade=1.0), torch.Generator().manual_seed(1))
     accuracy = accuracy_per_attribute(model, x, val.attributes)
     assert min(accuracy[k] for k in ("color", "size", "position")) >= 0.99, accuracy
-    # Softened small shapes are the hard part (0.96 with 480 training images; clean: >= 0.99 above).
+    # Softened small shapes are the hard part (0.963 on torch 2.14, 0.950 on torch 2.3; clean: >= 0.99 above).
     assert accuracy["shape"] >= 0.93, accuracy
 
 
