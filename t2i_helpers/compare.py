@@ -110,6 +110,9 @@ def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, co
         if k == slices - 1 or not result.stopped_by_time or result.step >= train_config.steps:
             break  # the budget is spent, or max_steps came first: nothing left to train
         curve[-1].update(score())
+        # The curve so far, after every scored slice: a run stopped before it ends (a Colab disconnect,
+        # a time limit) still shows how far it got. training.json, below, marks a finished run.
+        atomic_write_text(run_dir / "curve.json", json.dumps(curve, indent=2))
     summary = {
         "steps": result.step,
         "train_minutes": round(seconds / 60, 2),
@@ -232,6 +235,21 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
         raise T2IError(f"compare needs the val split next to {train_ann} (e.g. captions_val.json)")
     rows, samples = [], {}
     val = None
+    json_path, table_path = out / "results.json", out / "results.md"
+
+    def write_results() -> str:
+        """results.json and results.md for the models done so far (after each one: a run stopped
+        part-way keeps the finished models' rows)."""
+        table = format_table(rows)
+        curves = format_curves(rows)
+        if curves:
+            table += ("\n\nEvery mentioned attribute right (val / held-out pairs) during training; the last point "
+                      "is the table's:\n\n" + curves)
+        atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
+                                                indent=2, default=str))
+        atomic_write_text(table_path, table + "\n")
+        return table
+
     for family in config.families:
         run_dir = out / family
         options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
@@ -257,12 +275,8 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
         samples[family] = run.generate(captions, seed=config.seed, **options)
         print(f"{family}: step {training['steps']}, all attributes right on val "
               f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
+        table = write_results()
 
-    table = format_table(rows)
-    curves = format_curves(rows)
-    if curves:
-        table += ("\n\nEvery mentioned attribute right (val / held-out pairs) during training; the last point is "
-                  "the table's:\n\n" + curves)
     trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
     fig = image_rows(samples, captions, size=1.0, title=f"same captions and seeds; training time: {trained}")
     figure_paths = save_figure(fig, "compare_samples", out)
@@ -270,10 +284,6 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     fig = curve_figure(rows)
     curve_paths = save_figure(fig, "compare_curve", out)
     plt.close(fig)
-    json_path, table_path = out / "results.json", out / "results.md"
-    atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
-                                            indent=2, default=str))
-    atomic_write_text(table_path, table + "\n")
     return CompareResult(rows, table, json_path, table_path, figure_paths, curve_paths)
 
 

@@ -76,6 +76,8 @@ def test_compare_learning_curve_trains_in_slices_and_scores_each(shapes, tmp_pat
     assert 0 < curve[0]["train_minutes"] < curve[1]["train_minutes"] == pytest.approx(row["train_minutes"], abs=0.01)
     assert 0 <= curve[0]["val_all"] <= 1
     assert curve[1]["val_all"] == row["val_all"]  # the last point is the full evaluation
+    # The curve so far is written after each scored slice (the final point lives in results.json).
+    assert json.loads((tmp_path / "cmp" / "baseline" / "curve.json").read_text()) == [curve[0]]
     saved = torch.load(tmp_path / "cmp" / "baseline" / "checkpoint.pt", weights_only=True)
     assert saved["step"] == row["steps"]
     assert "during training" in result.table_path.read_text()
@@ -109,6 +111,23 @@ def test_compare_trains_scores_and_reuses_finished_runs(shapes, tmp_path, capsys
     assert "diffusion: reusing the finished run" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "diffusion" / "checkpoint.pt").stat().st_mtime_ns == before
     assert [r["val_all"] for r in again.rows] == [r["val_all"] for r in result.rows]
+
+    # A run stopped part-way (a time limit, a disconnect) keeps the rows of the models it finished.
+    import t2i_helpers.compare as compare
+
+    def stopped(family, *args, **kwargs):
+        if family == "diffusion":
+            raise KeyboardInterrupt
+        return train_one(family, *args, **kwargs)
+
+    train_one = compare._train_one
+    monkeypatch.setattr(compare, "_train_one", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
+    partial = json.loads(result.json_path.read_text())
+    assert [r["model"] for r in partial["rows"]] == ["baseline"]
+    assert partial["rows"][0]["val_all"] == result.rows[0]["val_all"]
+    assert result.table_path.read_text().count("\n| ") == 1
 
 
 def test_compare_without_a_val_split_is_a_clear_error(shapes, tmp_path):
