@@ -637,7 +637,7 @@ class EmbeddingCache:
             path = self.root / shard_name
             try:
                 # mmap: only the rows we index are read from disk, not the whole token tensor.
-                # (str: torch < 2.3 memory-maps only a file name, not a Path.)
+                # (str: torch 2.2 memory-maps only a file name, not a Path; seen with make test-oldest.)
                 shard = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             except Exception as err:
                 raise T2IError(f"unreadable text cache shard {path}: delete {self.root} to rebuild") from err
