@@ -237,9 +237,9 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     val = None
     json_path, table_path = out / "results.json", out / "results.md"
 
-    def write_results() -> str:
+    def write_results(captions: list[str]) -> str:
         """results.json and results.md for the models done so far (after each one: a run stopped
-        part-way keeps the finished models' rows)."""
+        part-way keeps the finished models' rows); ``captions`` are the sample grid's."""
         table = format_table(rows)
         curves = format_curves(rows)
         if curves:
@@ -275,7 +275,7 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
         samples[family] = run.generate(captions, seed=config.seed, **options)
         print(f"{family}: step {training['steps']}, all attributes right on val "
               f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
-        table = write_results()
+        table = write_results(captions)
 
     trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
     fig = image_rows(samples, captions, size=1.0, title=f"same captions and seeds; training time: {trained}")
