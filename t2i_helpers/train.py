@@ -80,14 +80,27 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True on GPUs with bfloat16 hardware: NVIDIA compute capability 8.0 (Ampere) and later, or ROCm.
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also says True where bf16 is only *emulated*
+    (it checks that a bf16 tensor can be created), e.g. on Colab's free T4 (capability 7.5), where
+    bf16 matrix products are slow and cuDNN has no bf16 convolutions; fp16 is the T4's fast type.
+    """
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def pick_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on GPUs that support it, fp16 on older GPUs, fp32 on the CPU and MPS."""
+    """``auto``: bf16 on GPUs with bf16 hardware, fp16 (with a grad scaler) on older GPUs such as the
+    T4, fp32 on the CPU and MPS."""
     if precision not in {"auto", "fp32", "bf16", "fp16"}:
         raise TrainingError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if native_bf16(device) else "fp16"
     return "fp32"
 
 

@@ -280,3 +280,56 @@ def test_window_rates_split_steps_into_equal_windows():
     # Leftover steps past the last full window are not counted; too few steps give None.
     assert window_rates(times + [9.0])["min"] == 2.0
     assert window_rates([0.1, 0.1]) is None
+
+
+def test_auto_precision_is_bf16_only_on_gpus_with_bf16_hardware(monkeypatch):
+    from t2i_helpers.train import pick_precision
+
+    capability = {0: (7, 5), 1: (8, 0), 2: (9, 0)}  # a T4, an A100 and an H100 in one (pretend) machine
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[torch.device(device).index])
+    # What torch answers on a T4: True, because bf16 can be emulated there (slowly, and without cuDNN convolutions).
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert pick_precision("auto", torch.device("cuda:0")) == "fp16"
+    assert pick_precision("auto", torch.device("cuda:1")) == "bf16"
+    assert pick_precision("auto", torch.device("cuda:2")) == "bf16"
+    assert pick_precision("bf16", torch.device("cuda:0")) == "bf16"  # asked for by name: honoured
+    assert pick_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(TrainingError, match="'half'"):
+        pick_precision("half", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("family", ["baseline", "gan", "diffusion"])
+def test_mixed_precision_trains_and_samples_like_fp32(shapes, tmp_path, family, precision):
+    """The GPU's code path (autocast, and fp16's grad scaler) run on the CPU: every family trains, its
+    first loss matches the fp32 run's, and the EMA model samples finite float32 images."""
+    from t2i_helpers.models import default_config
+    from t2i_helpers.models.gan import GANConfig
+
+    def model_config():
+        config = default_config(family).smoke() if family != "baseline" else TINY
+        if isinstance(config, GANConfig):
+            config.ma_gp_weight = 2.0  # the GPU config's gradient penalty: a second-order gradient under autocast
+        return config
+
+    runs = {}
+    for p in ("fp32", precision):
+        train(family, *shapes, tmp_path / p, _config(steps=3, precision=p), model_config=model_config())
+        runs[p] = read_metrics(tmp_path / p)
+    assert json.loads((tmp_path / precision / "config.json").read_text())["precision"] == precision
+    loss = "loss" if family != "gan" else "d_loss"
+    first, reference = runs[precision][loss][0], runs["fp32"][loss][0]
+    assert all(torch.isfinite(torch.tensor(v)) for v in runs[precision][loss])
+    assert abs(first - reference) <= 0.05 * abs(reference) + 1e-3, (first, reference)
+    run = load_run(tmp_path / precision, device="cpu")
+    from t2i_helpers.train import generate_images
+
+    options = {"steps": 3} if family == "diffusion" else {}
+    table = run.encode(["a red circle", "a blue square"])
+    images = generate_images(run.model, table, ["a red circle", "a blue square"], "cpu", precision, seed=0,
+                             **options)
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 32)
+    assert torch.isfinite(images).all() and images.abs().max() <= 1
+    fp32 = generate_images(run.model, table, ["a red circle", "a blue square"], "cpu", "fp32", seed=0, **options)
+    assert (images - fp32).abs().mean() < 0.05  # the same images, up to rounding
