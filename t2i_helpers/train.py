@@ -18,6 +18,7 @@ import copy
 import csv
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -334,25 +335,24 @@ def build_optimizers(model: T2IModel, model_config: Any, train_config: TrainConf
 def optimisation_step(
     losses_module: nn.Module, batch: Batch, optimizers: dict[str, torch.optim.Optimizer],
     groups: dict[str, list[nn.Parameter]], scaler: torch.amp.GradScaler, device: torch.device, precision: str,
-    grad_clip: float | None, lr: dict[str, float], step: int, ckpt_path: Path | None = None,
-) -> dict[str, float]:
-    """One training step: for each phase (e.g. "d" then "g" for a GAN) forward, backward, clip, update."""
-    step_losses: dict[str, float] = {}
+    grad_clip: float | None, lr: dict[str, float], step: int,
+) -> dict[str, torch.Tensor]:
+    """One training step: for each phase (e.g. "d" then "g" for a GAN) forward, backward, clip, update.
+
+    Returns the losses as detached tensors, still on the device, and does not look at them: reading a
+    GPU value (``float(loss)``, ``if torch.isfinite(loss)``) makes the CPU wait until the GPU has
+    finished everything queued so far, so the next batch could not be prepared while this step runs.
+    The caller reads a whole window of steps at once with :func:`read_losses`, which also stops at a
+    NaN or inf.
+    """
+    step_losses: dict[str, torch.Tensor] = {}
     for phase, opt in optimizers.items():
         for g in opt.param_groups:
             g["lr"] = lr[phase]
         opt.zero_grad(set_to_none=True)
         with autocast(device, precision):
             losses = losses_module(batch, phase)
-        loss = losses["loss"]
-        if not torch.isfinite(loss.detach()).all():
-            kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists()
-                    else "no checkpoint was written yet")
-            raise TrainingError(
-                f"loss became {loss.item()} at step {step} (phase {phase}); {kept}; "
-                f"try a lower --lr or --precision fp32"
-            )
-        scaler.scale(loss).backward()
+        scaler.scale(losses["loss"]).backward()
         if grad_clip:
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(groups[phase], grad_clip)
@@ -362,8 +362,33 @@ def optimisation_step(
         prefix = "" if len(optimizers) == 1 else f"{phase}_"
         for k, v in losses.items():
             name = k if k.startswith(prefix) else prefix + k
-            step_losses[name] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+            step_losses[name] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=losses["loss"].device)
     return step_losses
+
+
+def read_losses(window: list[tuple[int, dict[str, torch.Tensor]]], ckpt_path: Path | None = None) -> dict[str, float]:
+    """Check every step of ``window`` (``(step, losses)`` pairs from :func:`optimisation_step`) with
+    one wait for the device, and return the last step's losses as floats.
+
+    A NaN or inf in a phase's loss raises a one-line :class:`TrainingError` naming the first bad step.
+    The engine calls this before every log line, sample grid and checkpoint, so a checkpoint is only
+    written when every step since the previous one was finite: the one on disk is the last good one.
+    """
+    if not window:
+        return {}
+    checked = [(step, name, value) for step, losses in window for name, value in losses.items()
+               if name == "loss" or name.endswith("_loss")]  # "loss", or a phase's "d_loss", "g_loss"
+    last = window[-1][1]
+    values = torch.stack([v.float() for *_, v in checked] + [v.float() for v in last.values()]).tolist()
+    for (step, name, _), value in zip(checked, values):
+        if not math.isfinite(value):
+            phase = "main" if name == "loss" else name[: -len("_loss")]
+            kept = (f"the last good checkpoint is {ckpt_path}" if ckpt_path is not None and ckpt_path.exists()
+                    else "no checkpoint was written yet")
+            raise TrainingError(
+                f"loss became {value} at step {step} (phase {phase}); {kept}; try a lower --lr or --precision fp32"
+            )
+    return dict(zip(last, values[len(checked):]))
 
 
 def train(
@@ -523,6 +548,7 @@ def train(
     bar = tqdm(total=train_config.steps, initial=step, disable=not (is_main and train_config.progress),
                desc=f"train {family}", dynamic_ncols=True)
     last_losses: dict[str, float] = {}
+    unread: list[tuple[int, dict[str, torch.Tensor]]] = []  # losses still on the device, see read_losses
     window_images, window_start = 0, time.perf_counter()
     images_per_s = 0.0
     batches = iter(loader)
@@ -536,12 +562,12 @@ def train(
             warm = min(1.0, (step + 1) / train_config.warmup_steps) if train_config.warmup_steps > 0 else 1.0
             step_losses = optimisation_step(
                 losses_module, batch, optimizers, groups, scaler, device, precision, train_config.grad_clip,
-                {phase: lr * warm for phase, lr in base_lr.items()}, step + 1, ckpt_path,
+                {phase: lr * warm for phase, lr in base_lr.items()}, step + 1,
             )
             step += 1
             ema.update(model, step)
             window_images += len(batch) * world
-            last_losses = step_losses
+            unread.append((step, step_losses))
 
             if deadline is not None:
                 if world == 1:
@@ -553,19 +579,25 @@ def train(
                     torch.distributed.broadcast(flag, src=0)
                     out_of_time = bool(flag.item())
             final = step == train_config.steps or out_of_time
-            if is_main and (step % train_config.log_every == 0 or final):
+            log_now = step % train_config.log_every == 0 or final
+            sample_now = (train_config.sample_every and step % train_config.sample_every == 0) or final
+            checkpoint_now = (train_config.checkpoint_every and step % train_config.checkpoint_every == 0) or final
+            if log_now or sample_now or checkpoint_now:
+                last_losses = read_losses(unread, ckpt_path)  # the one wait for the GPU; stops at a NaN
+                unread.clear()
+            if is_main and log_now:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 elapsed = time.perf_counter() - window_start
                 images_per_s = window_images / max(elapsed, 1e-9)
                 window_images, window_start = 0, time.perf_counter()
-                log.write({"step": step, **step_losses, "lr": base_lr[next(iter(base_lr))] * warm,
+                log.write({"step": step, **last_losses, "lr": base_lr[next(iter(base_lr))] * warm,
                            "images_per_s": round(images_per_s, 1)})
-                bar.set_postfix({k: f"{v:.4f}" for k, v in list(step_losses.items())[:3]} | {"img/s": f"{images_per_s:.0f}"})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in list(last_losses.items())[:3]} | {"img/s": f"{images_per_s:.0f}"})
             bar.update(1)
-            if (train_config.sample_every and step % train_config.sample_every == 0) or final:
+            if sample_now:
                 write_samples()
-            if (train_config.checkpoint_every and step % train_config.checkpoint_every == 0) or final:
+            if checkpoint_now:
                 save_checkpoint()
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(

@@ -200,11 +200,12 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
     assert result["parameters"] == expected_params and result["precision"] == "fp32"
     assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
     assert result["image_size"] == default_config("baseline").image_size
-    # Five windows of one step each; the rate over all steps lies between the slowest and fastest window.
-    windows = result["train_steps_per_s_windows"]
+    # The profile: five windows of one step each; its rate lies between the slowest and fastest window.
+    windows = result["profiled_steps_per_s_windows"]
     assert windows["windows"] == 5 and windows["steps_per_window"] == 1
     assert windows["min"] <= windows["median"] <= windows["max"]
-    assert windows["min"] * 0.99 <= result["train_steps_per_s"] <= windows["max"] * 1.01
+    assert windows["min"] * 0.99 <= result["profiled_steps_per_s"] <= windows["max"] * 1.01
+    assert result["train_steps_per_s"] * 4 == pytest.approx(result["train_images_per_s"], rel=0.01)
     # FLOPs: at least the first Linear's forward and weight-gradient matmuls (2 * in * out each) per image;
     # the achieved rate is FLOPs per image times images per second.
     fc = build_model("baseline", default_config("baseline"), 384).decoder.fc
@@ -333,3 +334,53 @@ def test_mixed_precision_trains_and_samples_like_fp32(shapes, tmp_path, family, 
     assert torch.isfinite(images).all() and images.abs().max() <= 1
     fp32 = generate_images(run.model, table, ["a red circle", "a blue square"], "cpu", "fp32", seed=0, **options)
     assert (images - fp32).abs().mean() < 0.05  # the same images, up to rounding
+
+
+def test_nan_between_log_lines_names_its_step_and_no_checkpoint_holds_it(shapes, tmp_path, monkeypatch):
+    """Losses are read every log_every steps (or at a checkpoint), not in each step; the first bad step
+    is still the one named, and the checkpoint due after it is never written."""
+    calls = {"n": 0}
+    original = TextToImageModel.training_losses
+
+    def losses(self, batch, phase="main"):
+        calls["n"] += 1
+        out = original(self, batch, phase)
+        return {**out, "loss": out["loss"] * float("inf")} if calls["n"] == 6 else out
+
+    monkeypatch.setattr(TextToImageModel, "training_losses", losses)
+    with pytest.raises(TrainingError) as info:
+        train("baseline", *shapes, tmp_path / "run", _config(steps=20, checkpoint_every=4, log_every=10),
+              model_config=TINY)
+    # Steps 7 and 8 ran on the weights the inf step broke (their losses are nan): step 6 is named.
+    assert "loss became inf at step 6 (phase main)" in str(info.value) and calls["n"] == 8
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+@pytest.mark.parametrize("family", ["baseline", "gan", "diffusion"])
+def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family, monkeypatch):
+    """On a GPU every such read (float, item, bool, tolist) makes the CPU wait for the queued work."""
+    from t2i_helpers.data.cache import CachedLoader
+    from t2i_helpers.models import build_model, default_config
+    from t2i_helpers.train import _Losses, build_optimizers, optimisation_step, prepare_data, text_config_for
+
+    config = default_config(family).smoke() if family != "baseline" else TINY
+    if family == "gan":
+        config.ma_gp_weight = 2.0
+    uses_tokens = family == "diffusion"
+    train_config = _config()
+    data = prepare_data(*shapes, config.image_size, text_config_for(train_config), uses_tokens, verbose=False)
+    model = build_model(family, config, data.text_dim)
+    optimizers, lr = build_optimizers(model, config, train_config)
+    batch = CachedLoader(data.cache, data.table, batch_size=8, seed=0).next_batch()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("a training step read a tensor's value")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    losses = optimisation_step(_Losses(model), batch, optimizers, model.param_groups(), scaler, torch.device("cpu"),
+                               "fp32", 1.0, lr, 1)
+    monkeypatch.undo()
+    assert all(isinstance(v, torch.Tensor) for v in losses.values()) and ("loss" in losses or "d_loss" in losses)
