@@ -201,10 +201,12 @@ def bench_train(
     from t2i_helpers.data.shapes import ShapesConfig, make_shapes
     from t2i_helpers.models import build_model, default_config
     from t2i_helpers.train import (TrainConfig, _Losses, build_optimizers, generate_images, optimisation_step,
-                                   pick_device, pick_precision, prepare_data, text_config_for)
+                                   pick_device, pick_precision, prepare_data, text_config_for,
+                                   use_fast_gpu_kernels)
 
     dev = pick_device(device)
     prec = pick_precision(precision, dev)
+    use_fast_gpu_kernels(dev)  # as train() does
     on_gpu = dev.type == "cuda"
     steps = steps or (pick(60, 15) if not on_gpu else 100)
     batch_size = batch_size or (256 if on_gpu else pick(64, 8))  # smoke: the smoke runs' own batch

@@ -362,7 +362,7 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family
     """On a GPU every such read (float, item, bool, tolist) makes the CPU wait for the queued work."""
     from t2i_helpers.data.cache import CachedLoader
     from t2i_helpers.models import build_model, default_config
-    from t2i_helpers.train import _Losses, build_optimizers, optimisation_step, prepare_data, text_config_for
+    from t2i_helpers.train import _Losses, optimisation_step, prepare_data, text_config_for
 
     config = default_config(family).smoke() if family != "baseline" else TINY
     if family == "gan":
@@ -371,7 +371,10 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family
     train_config = _config()
     data = prepare_data(*shapes, config.image_size, text_config_for(train_config), uses_tokens, verbose=False)
     model = build_model(family, config, data.text_dim)
-    optimizers, lr = build_optimizers(model, config, train_config)
+    # Plain SGD: without a fused kernel (the CPU's before torch 2.4) AdamW reads its step counter, a tensor
+    # kept on the CPU even when training on a GPU. This test is about the models and the engine.
+    optimizers = {phase: torch.optim.SGD(params, lr=0.01) for phase, params in model.param_groups().items()}
+    lr = {phase: 0.01 for phase in optimizers}
     batch = CachedLoader(data.cache, data.table, batch_size=8, seed=0).next_batch()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
 
@@ -384,3 +387,19 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family
                                "fp32", 1.0, lr, 1)
     monkeypatch.undo()
     assert all(isinstance(v, torch.Tensor) for v in losses.values()) and ("loss" in losses or "d_loss" in losses)
+
+
+def test_fast_gpu_kernels_are_switched_on_for_cuda_only():
+    from t2i_helpers.train import use_fast_gpu_kernels
+
+    saved = torch.backends.cudnn.benchmark, torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+        use_fast_gpu_kernels(torch.device("cpu"))
+        assert not torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "highest"
+        use_fast_gpu_kernels(torch.device("cuda", 0))  # only sets switches: needs no GPU
+        assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
