@@ -373,7 +373,9 @@ def optimisation_step(
         prefix = "" if len(optimizers) == 1 else f"{phase}_"
         for k, v in losses.items():
             name = k if k.startswith(prefix) else prefix + k
-            step_losses[name] = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=losses["loss"].device)
+            if not isinstance(v, torch.Tensor):  # a plain number from the model
+                v = torch.tensor(float(v), device=losses["loss"].device)
+            step_losses[name] = v.detach()
     return step_losses
 
 
