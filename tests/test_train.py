@@ -403,3 +403,16 @@ def test_fast_gpu_kernels_are_switched_on_for_cuda_only():
     finally:
         torch.backends.cudnn.benchmark = saved[0]
         torch.set_float32_matmul_precision(saved[1])
+
+
+def test_cuda_out_of_memory_ends_with_one_line_naming_a_batch_size_to_try(shapes, tmp_path, monkeypatch):
+    import t2i_helpers.train as engine
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine, "optimisation_step", out_of_memory)
+    with pytest.raises(TrainingError) as info:
+        train("baseline", *shapes, tmp_path / "run", _config(batch_size=8), model_config=TINY)
+    message = str(info.value)
+    assert "\n" not in message and "batch size 8" in message and "--batch-size 4" in message
