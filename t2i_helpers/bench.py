@@ -233,7 +233,8 @@ def bench_train(
         groups = model.param_groups()
         scaler = torch.amp.GradScaler(dev.type, enabled=(prec == "fp16"))
         losses_module = _Losses(model)
-        loader = iter(CachedLoader(data.cache, data.table, batch_size=batch_size, seed=0, device=dev))
+        cached = CachedLoader(data.cache, data.table, batch_size=batch_size, seed=0, device=dev)
+        loader = iter(cached)
 
         def sync() -> None:
             if on_gpu:
@@ -309,6 +310,7 @@ def bench_train(
             "profiled_steps_per_s": _rate(steps, data_s + step_s),
             "profiled_steps_per_s_windows": window_rates(step_times),
             "data_and_text_fraction": round(data_s / (data_s + step_s), 4),
+            "data_on_device": cached.resident,  # images and caption table copied to the GPU once (CachedLoader)
             "sample_images_per_s": _rate(len(captions), sample_s),
             "sample_options": options,
             "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if on_gpu else None,

@@ -246,6 +246,33 @@ def test_resumed_loader_sees_exactly_the_same_batches(shapes_cache, stop_after):
         assert torch.equal(x_img, y_img) and torch.equal(x_ids, y_ids)
 
 
+@pytest.mark.parametrize("with_text", [True, False])
+def test_resident_loader_gives_the_same_batches(shapes_cache, with_text):
+    """resident=True (the images and the text table on the device, gathered there) changes where a
+    batch is put together, not what it holds; here the 'device' is the CPU."""
+    captions = ["an extra caption"] + shapes_cache.all_captions()[::-1]  # rows looked up by caption
+    table = _table(captions, dim=6, tokens=5) if with_text else None
+    plain = CachedLoader(shapes_cache, table, batch_size=32, seed=4)
+    resident = CachedLoader(shapes_cache, table, batch_size=32, seed=4, resident=True)
+    assert resident.resident and not plain.resident  # auto: resident only on a CUDA device
+    for _ in range(8):  # crosses an epoch end
+        a, b = plain.next_batch(), resident.next_batch()
+        for field in ("images", "text", "tokens", "token_mask", "caption_ids"):
+            x, y = getattr(a, field), getattr(b, field)
+            assert (x is None and y is None) or (torch.equal(x, y) and x.dtype == y.dtype), field
+    assert resident.state_dict() == plain.state_dict()
+
+
+def test_loader_is_resident_on_a_gpu_only_when_its_data_fit_a_quarter_of_free_memory(shapes_cache, monkeypatch):
+    table = _table(shapes_cache.all_captions(), dim=6, tokens=5)
+    loader = CachedLoader(shapes_cache, table, batch_size=8)
+    size = shapes_cache.images.nbytes + table.pooled.nbytes + table.tokens.nbytes + table.mask.nbytes
+    loader.device = torch.device("cuda")  # only the decision is checked: no GPU needed
+    for free, fits in [(4 * size, True), (4 * size - 1, False)]:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (free, 8 * size))
+        assert loader._fits_on_device() is fits
+
+
 def test_loader_without_drop_last_gives_the_short_batch(shapes_cache):
     loader = CachedLoader(shapes_cache, None, batch_size=64, drop_last=False)
     sizes = [len(b) for b in loader.epoch_batches()]

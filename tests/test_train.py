@@ -199,6 +199,7 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
     expected_params = sum(p.numel() for p in build_model("baseline", default_config("baseline"), 384).parameters())
     assert result["parameters"] == expected_params and result["precision"] == "fp32"
     assert result["train_images_per_s"] > 0 and 0 <= result["data_and_text_fraction"] < 1
+    assert result["data_on_device"] is False  # resident only on a CUDA device
     assert result["image_size"] == default_config("baseline").image_size
     # The profile: five windows of one step each; its rate lies between the slowest and fastest window.
     windows = result["profiled_steps_per_s_windows"]
