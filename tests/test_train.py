@@ -301,23 +301,27 @@ def test_auto_precision_is_bf16_only_on_gpus_with_bf16_hardware(monkeypatch):
         pick_precision("half", torch.device("cpu"))
 
 
+def _small_config(family: str):
+    """A CPU-sized config of each family; the GAN keeps the GPU config's gradient penalty (MA-GP), a
+    second-order gradient, which the smoke config switches off."""
+    from t2i_helpers.models import default_config
+
+    if family == "baseline":
+        return TINY
+    config = default_config(family).smoke()
+    if family == "gan":
+        config.ma_gp_weight = 2.0
+    return config
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("family", ["baseline", "gan", "diffusion"])
 def test_mixed_precision_trains_and_samples_like_fp32(shapes, tmp_path, family, precision):
     """The GPU's code path (autocast, and fp16's grad scaler) run on the CPU: every family trains, its
     first loss matches the fp32 run's, and the EMA model samples finite float32 images."""
-    from t2i_helpers.models import default_config
-    from t2i_helpers.models.gan import GANConfig
-
-    def model_config():
-        config = default_config(family).smoke() if family != "baseline" else TINY
-        if isinstance(config, GANConfig):
-            config.ma_gp_weight = 2.0  # the GPU config's gradient penalty: a second-order gradient under autocast
-        return config
-
     runs = {}
     for p in ("fp32", precision):
-        train(family, *shapes, tmp_path / p, _config(steps=3, precision=p), model_config=model_config())
+        train(family, *shapes, tmp_path / p, _config(steps=3, precision=p), model_config=_small_config(family))
         runs[p] = read_metrics(tmp_path / p)
     assert json.loads((tmp_path / precision / "config.json").read_text())["precision"] == precision
     loss = "loss" if family != "gan" else "d_loss"
@@ -362,12 +366,10 @@ def test_nan_between_log_lines_names_its_step_and_no_checkpoint_holds_it(shapes,
 def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family, monkeypatch):
     """On a GPU every such read (float, item, bool, tolist) makes the CPU wait for the queued work."""
     from t2i_helpers.data.cache import CachedLoader
-    from t2i_helpers.models import build_model, default_config
+    from t2i_helpers.models import build_model
     from t2i_helpers.train import _Losses, optimisation_step, prepare_data, text_config_for
 
-    config = default_config(family).smoke() if family != "baseline" else TINY
-    if family == "gan":
-        config.ma_gp_weight = 2.0
+    config = _small_config(family)
     uses_tokens = family == "diffusion"
     train_config = _config()
     data = prepare_data(*shapes, config.image_size, text_config_for(train_config), uses_tokens, verbose=False)

@@ -290,6 +290,12 @@ class ImageCache:
 
 
 # ------------------------------------------------------------------------------------------ loader
+def _uint8_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float32 [B, 3, S, S] in [-1, 1], on the tensor's own device."""
+    images = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    return images.div_(127.5).sub_(1.0)
+
+
 class CachedLoader:
     """Batches for training: images in [-1, 1] and the embedding of one random caption per image.
 
@@ -422,24 +428,27 @@ class CachedLoader:
 
     def make_batch(self, indices: np.ndarray, caption_ids: np.ndarray) -> Batch:
         """A :class:`Batch` of these cached images and caption ids (also useful for evaluation)."""
-        if self.resident:
-            return self._gather_on_device(indices, caption_ids)
-        pixels = self._images[indices]  # uint8 [B, S, S, 3], one read from the memory map
         non_blocking = self.device.type == "cuda"
-        if self.device.type == "cpu":
+        if self.resident:
+            # Images and text table already live on the device: only the indices cross.
+            both = torch.from_numpy(np.stack([indices, caption_ids]).astype(np.int64))
+            idx, ids = both.to(self.device, non_blocking=non_blocking)
+            images = _uint8_to_float(self._images.index_select(0, idx))
+        elif self.device.type == "cpu":
             # NumPy, single-threaded: torch's thread pool only adds overhead on a copy this small.
+            pixels = self._images[indices]  # uint8 [B, S, S, 3], one read from the memory map
             out = np.empty((len(indices), 3) + pixels.shape[1:3], dtype=np.float32)
             np.divide(pixels.transpose(0, 3, 1, 2), np.float32(127.5), out=out)  # exact: 255 / 127.5 = 2
             out -= np.float32(1.0)
-            images = torch.from_numpy(out)
+            images, ids = torch.from_numpy(out), torch.from_numpy(caption_ids)
         else:
             # uint8 crosses to the device (4x less than float); the conversion runs there.
-            images = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=non_blocking)
-            images = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-            images = images.div_(127.5).sub_(1.0)
-        ids = torch.from_numpy(caption_ids)
+            pixels = np.ascontiguousarray(self._images[indices])
+            images = _uint8_to_float(torch.from_numpy(pixels).to(self.device, non_blocking=non_blocking))
+            ids = torch.from_numpy(caption_ids)
         # index_select, not tensor[ids]: advanced indexing starts torch's thread pool, which costs
-        # milliseconds on a busy CPU for a copy of a few kilobytes.
+        # milliseconds on a busy CPU for a copy of a few kilobytes. The .to() calls below are no-ops
+        # when the table is resident.
         rows = ids if self._rows is None else self._rows.index_select(0, ids)
         if self.table is None:
             text = torch.zeros(len(indices), 0, device=self.device)
@@ -452,23 +461,6 @@ class CachedLoader:
             if self._mask is not None:
                 mask = self._mask.index_select(0, rows).to(self.device, non_blocking=non_blocking)
         return Batch(images=images, text=text, tokens=tokens, token_mask=mask, caption_ids=ids.to(self.device))
-
-    def _gather_on_device(self, indices: np.ndarray, caption_ids: np.ndarray) -> Batch:
-        """:meth:`make_batch` when everything already lives on the device: only the indices cross."""
-        both = torch.from_numpy(np.stack([indices, caption_ids]).astype(np.int64)).to(self.device, non_blocking=True)
-        idx, ids = both[0], both[1]
-        images = self._images.index_select(0, idx).permute(0, 3, 1, 2)
-        images = images.to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
-        rows = ids if self._rows is None else self._rows.index_select(0, ids)
-        if self._pooled is None:
-            return Batch(images=images, text=torch.zeros(len(indices), 0, device=self.device), caption_ids=ids)
-        return Batch(
-            images=images,
-            text=self._pooled.index_select(0, rows).float(),
-            tokens=None if self._tokens is None else self._tokens.index_select(0, rows).float(),
-            token_mask=None if self._mask is None else self._mask.index_select(0, rows),
-            caption_ids=ids,
-        )
 
     def next_batch(self) -> Batch:
         return self.make_batch(*self._next_indices())
