@@ -198,7 +198,7 @@ def bench_train(
     """
     from t2i_helpers.config import pick
     from t2i_helpers.data.cache import CachedLoader
-    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+    from t2i_helpers.data.shapes import MIN_IMAGE_SIZE, ShapesConfig, make_shapes
     from t2i_helpers.models import build_model, default_config
     from t2i_helpers.train import (TrainConfig, _Losses, build_optimizers, generate_images, optimisation_step,
                                    pick_device, pick_precision, prepare_data, text_config_for,
@@ -217,8 +217,9 @@ def bench_train(
     tmp = tempfile.TemporaryDirectory(prefix="t2i-bench-") if work_dir is None else None
     work = Path(work_dir or tmp.name)
     try:
+        # Shapes draws at 32 px or more; the image cache resizes to a smaller model's size (the 16 px smoke GAN).
         paths = make_shapes(work / "shapes", ShapesConfig(images=shapes_images or pick(2000, 200),
-                                                           image_size=image_size, seed=0))
+                                                           image_size=max(image_size, MIN_IMAGE_SIZE), seed=0))
         train_config = TrainConfig(batch_size=batch_size, device=str(dev), precision=prec, progress=False)
         if text_model is not None:  # e.g. a float16 export carried to a machine without the MiniLM wheel
             train_config.text_model = text_model

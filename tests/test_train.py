@@ -215,6 +215,20 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
         result["train_gflop_per_image"] * result["train_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
 
 
+def test_bench_train_runs_a_model_smaller_than_the_smallest_shapes_images(monkeypatch):
+    """The smoke GAN works at 16 px; Shapes draws at 32 px or more, so the cache resizes for it."""
+    from t2i_helpers.bench import bench_train
+    from t2i_helpers.data.shapes import MIN_IMAGE_SIZE
+    from t2i_helpers.models import build_model, default_config
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    assert default_config("gan").image_size < MIN_IMAGE_SIZE
+    result = bench_train("gan", steps=3, batch_size=4, shapes_images=20, device="cpu")
+    assert result["image_size"] == default_config("gan").image_size
+    expected = sum(p.numel() for p in build_model("gan", default_config("gan"), 384).parameters())
+    assert result["parameters"] == expected and result["train_steps_per_s"] > 0
+
+
 def test_time_budget_stops_early_with_a_checkpoint_and_resume_goes_on(shapes, tmp_path, capsys):
     run = tmp_path / "run"
     result = train("baseline", *shapes, run, _config(steps=10_000, max_minutes=1e-9), model_config=TINY)
@@ -335,7 +349,8 @@ def test_mixed_precision_trains_and_samples_like_fp32(shapes, tmp_path, family, 
     table = run.encode(["a red circle", "a blue square"])
     images = generate_images(run.model, table, ["a red circle", "a blue square"], "cpu", precision, seed=0,
                              **options)
-    assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 32)
+    size = run.model_config.image_size  # 32 px; 16 for the smoke GAN
+    assert images.dtype == torch.float32 and images.shape == (2, 3, size, size)
     assert torch.isfinite(images).all() and images.abs().max() <= 1
     fp32 = generate_images(run.model, table, ["a red circle", "a blue square"], "cpu", "fp32", seed=0, **options)
     assert (images - fp32).abs().mean() < 0.05  # the same images, up to rounding
