@@ -139,6 +139,12 @@ def _cmd_export_text_model(args: argparse.Namespace) -> None:
 def _cmd_bench(args: argparse.Namespace) -> None:
     from . import bench
 
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise T2IError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.what == "data":
         result = bench.bench_data()
     elif args.what == "train":
@@ -260,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--text-model", help="bench train: BERT name or folder (default all-MiniLM-L6-v2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's, one per core); notebooks 04-05 use 1 in smoke mode")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")

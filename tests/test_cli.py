@@ -100,3 +100,27 @@ def test_compare_bad_budgets_are_one_line_errors(tmp_path, capsys):
         assert main(["compare", *data, *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and words in err and "\n" not in err
+
+
+def test_bench_threads_sets_torchs_threads_for_the_run_and_rejects_zero(capsys, monkeypatch):
+    import torch
+
+    from t2i_helpers import bench
+
+    seen = {}
+
+    def fake_bench_train(family, **options):
+        seen["threads"], seen["family"] = torch.get_num_threads(), family
+        return {"threads": torch.get_num_threads()}
+
+    monkeypatch.setattr(bench, "bench_train", fake_bench_train)
+    before = torch.get_num_threads()
+    try:
+        assert main(["bench", "train", "--model", "gan", "--threads", "1"]) == 0
+        assert seen == {"threads": 1, "family": "gan"}
+        assert json.loads(capsys.readouterr().out) == {"threads": 1}
+        assert main(["bench", "train", "--threads", "0"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "error: --threads must be at least 1, got 0"
+    finally:
+        torch.set_num_threads(before)
