@@ -63,7 +63,7 @@ class GANConfig:
 
         16 px: at 32 px the 32x32 layers' thin convolutions (4-8 channels, which vectorise badly on a
         CPU) took half of every step, and the smoke GAN trained at 16-19 steps/s on one core against a
-        goal of 20; at 16 px it does about 35 (measured on the course's 2-core VM; the unit tests cover
+        goal of 20; at 16 px it does 30-35 (measured on the course's 2-core VM; the unit tests cover
         32-128 px). MA-GP is off: its second-order gradient makes a D step about twice as slow (the
         tests cover MA-GP).
         """
