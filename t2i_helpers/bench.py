@@ -188,8 +188,9 @@ def bench_train(
     """Training and sampling speed of one model family on Shapes, with the engine's own step.
 
     Reports training images/s, where a step's time goes (data + text vs the optimisation itself),
-    sampling images/s at ``sample_steps`` DDIM steps with guidance, peak memory, parameter count,
-    precision and device. Uses the family's full config (its smoke config under ``T2I_SMOKE=1``).
+    sampling images/s at ``sample_steps`` DDIM steps with guidance, the FLOPs behind both (counted by
+    torch) and the TFLOP/s they reach, peak memory, parameter count, precision and device. Uses the
+    family's full config (its smoke config under ``T2I_SMOKE=1``).
     ``train_*_per_s`` time the steps as the engine runs them, without waiting for the GPU in between.
     A second pass of as many steps waits after the data and after each step: it gives
     ``data_and_text_fraction`` and ``profiled_steps_per_s``, split into five windows (median, min, max)
@@ -296,6 +297,13 @@ def bench_train(
         generate_images(model, data.table, captions, dev, prec, seed=0, **options)
         sync()
         sample_s = time.perf_counter() - t0
+        # FLOPs of sampling one image, counted on a few captions: one sampler step (for diffusion, the
+        # guided forward pass of a DDIM step) times the number of steps. With the rate above it says how
+        # well sampling uses the device, beside the training figure.
+        few = list(captions[:4])
+        with FlopCounterMode(display=False) as counter:
+            generate_images(model, data.table, few, dev, prec, seed=0, **({**options, "steps": 1} if options else {}))
+        sample_gflop = counter.get_total_flops() / len(few) / 1e9 * (sample_steps if options else 1)
         result = {
             "model": family,
             "device": torch.cuda.get_device_name(dev) if on_gpu else "cpu",
@@ -314,6 +322,8 @@ def bench_train(
             "data_on_device": cached.resident,  # images and caption table copied to the GPU once (CachedLoader)
             "sample_images_per_s": _rate(len(captions), sample_s),
             "sample_options": options,
+            "sample_gflop_per_image": round(sample_gflop, 3),
+            "sample_tflop_per_s": round(sample_gflop * len(captions) / sample_s / 1e3, 3),
             "peak_memory_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if on_gpu else None,
             "threads": torch.get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

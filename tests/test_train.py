@@ -215,6 +215,27 @@ def test_bench_train_reports_speed_profile_and_size(monkeypatch):
         result["train_gflop_per_image"] * result["train_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
 
 
+def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
+    """Sampling FLOPs per image: the guided UNet pass (conditional + unconditional) times the DDIM steps."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from t2i_helpers.bench import bench_train
+    from t2i_helpers.models import build_model, default_config
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    result = bench_train("diffusion", steps=3, batch_size=4, shapes_images=20, device="cpu", sample_steps=7)
+    config = default_config("diffusion")
+    model = build_model("diffusion", config, 384)
+    size, length = config.image_size, 32  # the engine's max_length
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.unet(torch.randn(2, 3, size, size), torch.rand(2), torch.randn(2, 384), torch.randn(2, length, 384),
+                   torch.ones(2, length, dtype=torch.bool))
+    assert result["sample_options"] == {"steps": 7, "guidance": 3.0}
+    assert result["sample_gflop_per_image"] == pytest.approx(7 * counter.get_total_flops() / 1e9, rel=0.01)
+    assert result["sample_tflop_per_s"] == pytest.approx(
+        result["sample_gflop_per_image"] * result["sample_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
+
+
 def test_bench_train_runs_a_model_smaller_than_the_smallest_shapes_images(monkeypatch):
     """The smoke GAN works at 16 px; Shapes draws at 32 px or more, so the cache resizes for it."""
     from t2i_helpers.bench import bench_train
