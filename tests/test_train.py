@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +69,29 @@ def test_resume_gives_the_same_weights_as_one_uninterrupted_run(shapes, tmp_path
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert read_metrics(tmp_path / "split")["step"] == list(range(1, 9))
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler (g++), and none is installed")
+def test_compiled_training_takes_the_same_steps_as_eager(shapes, tmp_path, monkeypatch):
+    """``--compile`` (torch.compile of the loss computation) changes speed, not the result: the baseline's
+    step draws no random numbers, so compiled and eager weights agree to float rounding (about 25 s of
+    compiling on a CPU)."""
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or real_compile(module, **kw))
+    train("baseline", *shapes, tmp_path / "eager", _config(steps=4), model_config=TINY)
+    assert compiled == []
+    train("baseline", *shapes, tmp_path / "compiled", _config(steps=4, compile=True), model_config=TINY)
+    assert len(compiled) == 1
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert a.keys() == b.keys()  # compiling wraps the step, not the model: checkpoints keep their keys
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    losses = read_metrics(tmp_path / "eager")["loss"]
+    assert read_metrics(tmp_path / "compiled")["loss"] == pytest.approx(losses, rel=1e-4)
+    assert len(set(losses)) > 1  # the weights did move
+    assert json.loads((tmp_path / "compiled" / "config.json").read_text())["train"]["compile"] is True
 
 
 def test_resume_after_sigkill_continues_exactly(shapes, tmp_path):
