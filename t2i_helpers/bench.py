@@ -184,6 +184,7 @@ def bench_train(
     family: str = "diffusion", steps: int | None = None, batch_size: int | None = None, image_size: int | None = None,
     sample_steps: int = 25, guidance: float = 3.0, shapes_images: int | None = None, device: str = "auto",
     precision: str = "auto", work_dir: str | os.PathLike | None = None, text_model: str | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Training and sampling speed of one model family on Shapes, with the engine's own step.
 
@@ -196,6 +197,10 @@ def bench_train(
     ``data_and_text_fraction`` and ``profiled_steps_per_s``, split into five windows (median, min, max)
     in ``profiled_steps_per_s_windows``, so a burst of other load on a shared machine shows as spread.
     On the CPU the two passes do the same thing; on a GPU the difference is what the waits cost.
+    ``compile=True`` times the step as ``train --compile`` runs it (``torch.compile`` of the loss
+    computation) and, for diffusion, samples with the UNet compiled; compiling happens in the warm-up,
+    outside the timings, and the FLOPs are counted on the uncompiled model (the counter cannot see
+    inside compiled kernels).
     """
     from t2i_helpers.config import pick
     from t2i_helpers.data.cache import CachedLoader
@@ -234,7 +239,8 @@ def bench_train(
         optimizers, base_lr = build_optimizers(model, model_config, train_config)
         groups = model.param_groups()
         scaler = torch.amp.GradScaler(dev.type, enabled=(prec == "fp16"))
-        losses_module = _Losses(model)
+        eager_losses = _Losses(model)
+        losses_module = torch.compile(eager_losses) if compile else eager_losses
         cached = CachedLoader(data.cache, data.table, batch_size=batch_size, seed=0, device=dev)
         loader = iter(cached)
 
@@ -247,10 +253,10 @@ def bench_train(
             torch.cuda.reset_peak_memory_stats(dev)
         step = 0
 
-        def train_step(batch) -> None:
+        def train_step(batch, module: torch.nn.Module = losses_module) -> None:
             nonlocal step
             step += 1
-            optimisation_step(losses_module, batch, optimizers, groups, scaler, dev, prec, 1.0, base_lr, step)
+            optimisation_step(module, batch, optimizers, groups, scaler, dev, prec, 1.0, base_lr, step)
 
         for _ in range(warmup):
             train_step(next(loader))
@@ -283,13 +289,22 @@ def bench_train(
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
-            train_step(next(loader))
+            train_step(next(loader), eager_losses)
         train_gflop = counter.get_total_flops() / batch_size / 1e9
 
         captions = data.table.captions[: pick(256, 16) if not on_gpu else 256]
         options = {"steps": sample_steps, "guidance": guidance} if family == "diffusion" else {}
-        # Warm-up at the timed batch size (2 sampler steps): cuDNN picks its algorithms per shape, and
-        # that one-off search must not land in the timed run.
+        # FLOPs of sampling one image, counted on a few captions: one sampler step (for diffusion, the
+        # guided forward pass of a DDIM step) times the number of steps. With the rate below it says how
+        # well sampling uses the device, beside the training figure.
+        few = list(captions[:4])
+        with FlopCounterMode(display=False) as counter:
+            generate_images(model, data.table, few, dev, prec, seed=0, **({**options, "steps": 1} if options else {}))
+        sample_gflop = counter.get_total_flops() / len(few) / 1e9 * (sample_steps if options else 1)
+        if compile and family == "diffusion":
+            model.unet.compile()  # in place: the module (and its state_dict keys) stay as they are
+        # Warm-up at the timed batch size (2 sampler steps): cuDNN picks its algorithms per shape (and a
+        # compiled UNet compiles for it), and that one-off cost must not land in the timed run.
         warm_options = options | {"steps": min(2, sample_steps)} if family == "diffusion" else options
         generate_images(model, data.table, captions, dev, prec, seed=0, **warm_options)
         sync()
@@ -297,17 +312,11 @@ def bench_train(
         generate_images(model, data.table, captions, dev, prec, seed=0, **options)
         sync()
         sample_s = time.perf_counter() - t0
-        # FLOPs of sampling one image, counted on a few captions: one sampler step (for diffusion, the
-        # guided forward pass of a DDIM step) times the number of steps. With the rate above it says how
-        # well sampling uses the device, beside the training figure.
-        few = list(captions[:4])
-        with FlopCounterMode(display=False) as counter:
-            generate_images(model, data.table, few, dev, prec, seed=0, **({**options, "steps": 1} if options else {}))
-        sample_gflop = counter.get_total_flops() / len(few) / 1e9 * (sample_steps if options else 1)
         result = {
             "model": family,
             "device": torch.cuda.get_device_name(dev) if on_gpu else "cpu",
             "precision": prec,
+            "compiled": {"train": compile, "sample": compile and family == "diffusion"},
             "parameters": sum(p.numel() for p in model.parameters()),
             "image_size": image_size,
             "batch_size": batch_size,

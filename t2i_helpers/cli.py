@@ -149,7 +149,7 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         result = bench.bench_data()
     elif args.what == "train":
         result = bench.bench_train(args.model, steps=args.steps, batch_size=args.batch_size,
-                                   text_model=args.text_model)
+                                   text_model=args.text_model, compile=args.compile)
     else:
         from .metrics import bench_eval
 
@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-model", help="bench train: BERT name or folder (default all-MiniLM-L6-v2)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's, one per core); notebooks 04-05 use 1 in smoke mode")
+    p.add_argument("--compile", action="store_true",
+                   help="bench train: the step as train --compile runs it; diffusion also samples with a compiled UNet")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")

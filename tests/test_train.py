@@ -260,6 +260,46 @@ def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
         result["sample_gflop_per_image"] * result["sample_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler (g++), and none is installed")
+def test_bench_train_compiled_times_a_compiled_step_and_counts_the_same_flops(monkeypatch):
+    from t2i_helpers.bench import bench_train
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    compiled = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or real_compile(module, **kw))
+    eager = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu")
+    assert compiled == [] and eager["compiled"] == {"train": False, "sample": False}
+    result = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu", compile=True)
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "_Losses"
+    assert result["compiled"] == {"train": True, "sample": False}  # only the diffusion UNet is compiled to sample
+    # The FLOPs are counted on the eager step (a compiled kernel is invisible to the counter), so they agree.
+    assert result["train_gflop_per_image"] == pytest.approx(eager["train_gflop_per_image"], rel=1e-6)
+    assert result["train_gflop_per_image"] > 0 and result["train_images_per_s"] > 0
+
+
+def test_bench_train_compiled_diffusion_samples_with_its_unet_compiled(monkeypatch):
+    """The wiring only (compiling the smoke UNet takes minutes on a CPU): the loss computation goes to
+    torch.compile, the UNet is compiled in place before the sampling warm-up, and sampling uses it."""
+    from t2i_helpers.bench import bench_train
+    from t2i_helpers.models.diffusion import UNet
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    events = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: events.append(type(module).__name__) or module)
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **kw: events.append(type(self).__name__))
+    real_forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, *a: events.append("unet") or real_forward(self, *a))
+    result = bench_train("diffusion", steps=3, batch_size=4, shapes_images=20, device="cpu", sample_steps=2,
+                         compile=True)
+    assert result["compiled"] == {"train": True, "sample": True}
+    first_compile = events.index("UNet")
+    assert events[0] == "_Losses" and "UNet" not in events[first_compile + 1:]
+    # after it: the warm-up (2 steps) and the timed run (2 steps), one guided forward pass each
+    assert events[first_compile + 1:] == ["unet"] * 4
+
+
 def test_bench_train_runs_a_model_smaller_than_the_smallest_shapes_images(monkeypatch):
     """The smoke GAN works at 16 px; Shapes draws at 32 px or more, so the cache resizes for it."""
     from t2i_helpers.bench import bench_train

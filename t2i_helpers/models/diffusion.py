@@ -228,7 +228,12 @@ class AttentionBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, mask: Tensor) -> Tensor:
         b, c, h, w = x.shape
         seq = x.flatten(2).transpose(1, 2)  # [B, HW, C]
-        pos = _position_code_for(h, w, c, x.device, seq.dtype) if self.use_position else 0.0
+        if not self.use_position:
+            pos = 0.0
+        elif torch.compiler.is_compiling():  # a compiled graph holds it as a constant; the cache would only warn
+            pos = position_code(h, w, c, x.device).to(seq.dtype)
+        else:
+            pos = _position_code_for(h, w, c, x.device, seq.dtype)
         normed = self.norm1(seq)
         weight, bias = self.qkv.weight, self.qkv.bias
         q, k = F.linear(normed + pos, weight[: 2 * c], bias[: 2 * c]).chunk(2, dim=-1)  # where + what
