@@ -470,23 +470,37 @@ def attribute_accuracy(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     return out
 
 
+NOTHING_DRAWN = {"attribute": "object", "wanted": "an object", "drawn": "nothing"}  # an error of its own
+
+
+def _blank(pred: dict) -> bool:
+    """The judge saw no object (it reads "nothing" for every attribute, see ``object_drawn``)."""
+    from t2i_helpers.models.classifier import NOTHING
+
+    return bool(pred) and all(v == NOTHING for v in pred.values())
+
+
 def attribute_errors(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
                      mentions: Sequence[Sequence[str]] | None = None, top: int = 5) -> list[dict]:
     """The commonest mistakes: ``{"attribute", "wanted", "drawn", "count", "share"}``, most frequent first.
 
     Judged like :func:`attribute_accuracy` (only what a caption mentions); ``share`` is ``count``
     over the captions that mention the attribute. "shape: circle drawn as square, 54 of 400" says
-    more about what to fix than "shape 0.82".
+    more about what to fix than "shape 0.82". An image with no object at all is one error,
+    :data:`NOTHING_DRAWN` (its share is over every caption), not one per attribute.
     """
     if len(pred_attrs) != len(target_attrs) or (mentions is not None and len(mentions) != len(target_attrs)):
         raise T2IError(f"attribute_errors: {len(pred_attrs)} predictions, {len(target_attrs)} targets, "
                        f"{'-' if mentions is None else len(mentions)} mention lists: lengths must match")
     errors: dict[tuple[str, Any, Any], int] = {}
-    judged: dict[str, int] = {}
+    judged: dict[str, int] = {NOTHING_DRAWN["attribute"]: len(target_attrs)}
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
+        if _blank(p):
+            key = (NOTHING_DRAWN["attribute"], NOTHING_DRAWN["wanted"], NOTHING_DRAWN["drawn"])
+            errors[key] = errors.get(key, 0) + 1
         for k in _judged(t, None if mentions is None else mentions[i]):
             judged[k] = judged.get(k, 0) + 1
-            if p.get(k) != t[k]:
+            if p.get(k) != t[k] and not _blank(p):
                 key = (k, t[k], p.get(k))
                 errors[key] = errors.get(key, 0) + 1
     ranked = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0][0], str(kv[0][1]), str(kv[0][2])))
@@ -502,9 +516,11 @@ def error_examples(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     a person reads at once (a speckled blue square read as white), and only the images tell.
     """
     k, wanted, drawn = error["attribute"], error["wanted"], error["drawn"]
+    blank = k == NOTHING_DRAWN["attribute"]
     found = []
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
-        if k in _judged(t, None if mentions is None else mentions[i]) and t[k] == wanted and p.get(k) == drawn:
+        if blank and _blank(p) or (not blank and k in _judged(t, None if mentions is None else mentions[i])
+                                   and t[k] == wanted and p.get(k) == drawn and not _blank(p)):
             found.append(i)
             if len(found) == limit:
                 break
@@ -528,14 +544,17 @@ def error_figure(images: Tensor, pred_attrs: Sequence[dict], target_attrs: Seque
     for e in errors:
         idx = error_examples(pred_attrs, target_attrs, mentions, e, per_error)
         first = idx if first is None else first
-        rows[f"{e['attribute']}: {e['wanted']}\nread as {e['drawn']}\n({100 * e['share']:.1f}%)"] = images[idx]
+        what = ("nothing drawn" if e["attribute"] == NOTHING_DRAWN["attribute"]
+                else f"{e['attribute']}: {e['wanted']}\nread as {e['drawn']}")
+        rows[f"{what}\n({100 * e['share']:.1f}%)"] = images[idx]
     return image_rows(rows, [captions[i] for i in first], size=1.0, title=title)
 
 
 def describe_errors(errors: Sequence[dict], top: int = 3) -> str:
     """``attribute_errors`` in words: "shape circle drawn as square 13.5%; ..." (share of the captions
     that mention the attribute)."""
-    return "; ".join(f"{e['attribute']} {e['wanted']} drawn as {e['drawn']} {100 * e['share']:.1f}%"
+    return "; ".join((f"nothing drawn {100 * e['share']:.1f}%" if e["attribute"] == NOTHING_DRAWN["attribute"] else
+                      f"{e['attribute']} {e['wanted']} drawn as {e['drawn']} {100 * e['share']:.1f}%")
                      for e in errors[:top]) or "none"
 
 

@@ -204,3 +204,47 @@ def test_a_new_training_version_retrains_instead_of_reusing_the_cache(shapes, mo
     assert train() is False and train() is True
     monkeypatch.setattr(classifier, "TRAINING_VERSION", classifier.TRAINING_VERSION + 1)
     assert train() is False and len(list(tmp_path.glob("attributes-*.pt"))) == 2
+
+
+def test_object_drawn_sees_every_real_object_and_no_blank_noisy_canvas():
+    """Every render (each colour, shape, size and position, at every Shapes size and the 16 px of the
+    smoke GAN) counts as drawn; black canvases with sample-like noise or lone bright speckles do not."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from t2i_helpers.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, render
+    from t2i_helpers.models.classifier import DRAWN_THRESHOLD, object_drawn, uint8_to_float
+
+    assert DRAWN_THRESHOLD == pytest.approx(180 / 255 / 2)  # half the dimmest palette colour (green)
+    renders = {size: np.stack([render(s, c, z, p, image_size=size) for s in SHAPES for c in COLORS
+                               for z in SIZES for p in POSITIONS]) for size in (32, 64)}
+    for size, real in renders.items():
+        assert object_drawn(real).all(), size
+    # 16 px, as the image cache resizes for the smoke GAN (bicubic, antialiased)
+    small = F.interpolate(uint8_to_float(renders[32]), size=16, mode="bicubic", antialias=True, align_corners=False)
+    assert object_drawn(small).all()
+    g = torch.Generator().manual_seed(0)
+    noise = (-1 + 0.15 * torch.randn(64, 3, 32, 32, generator=g).abs()).clamp(-1, 1)  # a lifted, speckled black
+    assert not object_drawn(noise).any()
+    speckled = torch.full((8, 3, 32, 32), -1.0)
+    speckled[:, :, 5, 7] = 1.0  # one white pixel per image: noise, not an object
+    speckled[:, 0, 20, 20] = 1.0
+    assert not object_drawn(speckled).any()
+    dim = torch.full((1, 3, 32, 32), -1.0)
+    dim[:, 1, 10:14, 10:14] = 2 * 0.40 - 1  # a faint but visible green square (40% brightness)
+    assert object_drawn(dim).all()
+    # uint8 input (the cache layout, [N, H, W, 3]) gives the same answer
+    assert object_drawn(((noise + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()).sum() == 0
+
+
+def test_predict_attributes_reads_nothing_where_no_object_is_drawn():
+    from t2i_helpers.data.shapes import render
+    from t2i_helpers.models.classifier import NOTHING, uint8_to_float
+
+    torch.manual_seed(0)
+    model = AttributeClassifier(ClassifierConfig())
+    real = uint8_to_float(torch.as_tensor(render("triangle", "green", "small", "top", image_size=32))[None])
+    images = torch.cat([real, torch.full((1, 3, 32, 32), -1.0)])
+    pred = predict_attributes(model, images, batch_size=1)
+    assert set(pred[0].values()) & {NOTHING} == set() and set(pred[0]) == set(model.config.classes)
+    assert pred[1] == {name: NOTHING for name in model.config.classes}

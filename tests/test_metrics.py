@@ -328,6 +328,38 @@ def test_error_examples_and_error_figure_show_the_images_behind_each_error():
     assert error_figure(images, targets, targets, mentions, captions) is None  # nothing wrong, no figure
 
 
+def test_a_blank_sample_is_one_nothing_drawn_error_and_wrong_on_every_attribute():
+    """The judge reads "nothing" for every attribute of an image without an object; that is one error of
+    its own (share over every caption), not a colour or shape confusion, and never right by chance."""
+    import matplotlib.pyplot as plt
+
+    from t2i_helpers.metrics import NOTHING_DRAWN, error_examples, error_figure
+    from t2i_helpers.models.classifier import NOTHING
+
+    preds, targets, mentions = _five_judged_images()
+    blank = {"shape": NOTHING, "size": NOTHING}
+    preds = preds + [blank, blank]
+    targets = targets + [{"shape": "circle", "size": "small"}, {"shape": "square", "size": "large"}]
+    mentions = mentions + [["shape"], ["shape", "size"]]
+    errors = attribute_errors(preds, targets, mentions)
+    assert [(e["attribute"], e["wanted"], e["drawn"], e["count"]) for e in errors] == [
+        ("object", "an object", "nothing", 2), ("shape", "circle", "square", 2), ("shape", "circle", "triangle", 1),
+        ("shape", "square", "circle", 1), ("size", "large", "small", 1)]
+    assert errors[0]["share"] == pytest.approx(2 / 7)  # of every caption
+    assert errors[1]["share"] == pytest.approx(2 / 7)  # shape judged 7 times now
+    assert errors[-1]["share"] == pytest.approx(1 / 3)  # size judged 3 times
+    assert {k: errors[0][k] for k in NOTHING_DRAWN} == NOTHING_DRAWN
+    assert describe_errors(errors, top=2) == "nothing drawn 28.6%; shape circle drawn as square 28.6%"
+    assert error_examples(preds, targets, mentions, errors[0]) == [5, 6]
+    assert error_examples(preds, targets, mentions, errors[1]) == [0, 1]  # the blank circle is not one of them
+    acc = attribute_accuracy(preds, targets, mentions)
+    assert acc["shape"] == pytest.approx(1 / 7) and acc["all"] == pytest.approx(1 / 7)  # only image 4 is right
+    images = torch.linspace(-1, 1, 7).view(7, 1, 1, 1).expand(7, 3, 8, 8)
+    fig = error_figure(images, preds, targets, mentions, [f"caption {i}" for i in range(7)], top=1)
+    assert fig.axes[0].get_ylabel() == "nothing drawn\n(28.6%)" and fig.axes[0].get_title() == "caption 5"
+    plt.close(fig)
+
+
 def test_attribute_accuracy_by_splits_on_the_drawn_value():
     targets = [{"shape": "circle", "size": "small"}] * 4
     preds = [{"shape": "square", "size": "small"}, {"shape": "circle", "size": "small"},
