@@ -519,8 +519,8 @@ def error_examples(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     blank = k == NOTHING_DRAWN["attribute"]
     found = []
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
-        if blank and _blank(p) or (not blank and k in _judged(t, None if mentions is None else mentions[i])
-                                   and t[k] == wanted and p.get(k) == drawn and not _blank(p)):
+        if (blank and _blank(p)) or (not blank and k in _judged(t, None if mentions is None else mentions[i])
+                                     and t[k] == wanted and p.get(k) == drawn and not _blank(p)):
             found.append(i)
             if len(found) == limit:
                 break

@@ -13,7 +13,7 @@ speckled, slightly light blue squares were read as "white" for 10% of its held-o
 share of the training images gets the flaws of samples (:func:`degrade`), chosen so that no label
 changes; ``tests/test_classifier.py`` checks both that and the judge's accuracy on degraded images.
 
-A classifier always names a class, even for an empty image: a 32 px probe left 1.6% of its samples
+A classifier always names a class, even for an empty image: a 32 px probe left 1.3% of its samples
 blank (all for small triangles), and the judge, never shown an empty canvas, read them as green
 triangles, so a blank sample for "a green triangle" counted as right. The judge therefore first checks
 that something is drawn (:func:`object_drawn`, a pixel test, no training) and reads ``"nothing"``
