@@ -495,12 +495,13 @@ def attribute_errors(pred_attrs: Sequence[dict], target_attrs: Sequence[dict],
     errors: dict[tuple[str, Any, Any], int] = {}
     judged: dict[str, int] = {NOTHING_DRAWN["attribute"]: len(target_attrs)}
     for i, (p, t) in enumerate(zip(pred_attrs, target_attrs)):
-        if _blank(p):
+        blank = _blank(p)
+        if blank:
             key = (NOTHING_DRAWN["attribute"], NOTHING_DRAWN["wanted"], NOTHING_DRAWN["drawn"])
             errors[key] = errors.get(key, 0) + 1
         for k in _judged(t, None if mentions is None else mentions[i]):
             judged[k] = judged.get(k, 0) + 1
-            if p.get(k) != t[k] and not _blank(p):
+            if p.get(k) != t[k] and not blank:
                 key = (k, t[k], p.get(k))
                 errors[key] = errors.get(key, 0) + 1
     ranked = sorted(errors.items(), key=lambda kv: (-kv[1], kv[0][0], str(kv[0][1]), str(kv[0][2])))
