@@ -28,6 +28,20 @@ def shapes(tmp_path_factory) -> tuple[Path, Path]:
     return paths.images_dir, paths.train_json
 
 
+# torch.compile on a CPU generates C++: without a compiler those tests cannot run here.
+needs_cxx = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                               reason="torch.compile on a CPU needs a C++ compiler (g++), and none is installed")
+
+
+@pytest.fixture
+def compiled(monkeypatch) -> list:
+    """The modules handed to torch.compile during the test (which still compiles them for real)."""
+    calls: list = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(module) or real_compile(module, **kw))
+    return calls
+
+
 def _config(**overrides) -> TrainConfig:
     values = dict(steps=6, batch_size=8, warmup_steps=0, checkpoint_every=0, sample_every=0, log_every=1,
                   progress=False, device="cpu", seed=0, sample_captions=4)
@@ -71,15 +85,11 @@ def test_resume_gives_the_same_weights_as_one_uninterrupted_run(shapes, tmp_path
     assert read_metrics(tmp_path / "split")["step"] == list(range(1, 9))
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                    reason="torch.compile on a CPU needs a C++ compiler (g++), and none is installed")
-def test_compiled_training_takes_the_same_steps_as_eager(shapes, tmp_path, monkeypatch):
+@needs_cxx
+def test_compiled_training_takes_the_same_steps_as_eager(shapes, tmp_path, compiled):
     """``--compile`` (torch.compile of the loss computation) changes speed, not the result: the baseline's
     step draws no random numbers, so compiled and eager weights agree to float rounding (about 25 s of
     compiling on a CPU)."""
-    compiled = []
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or real_compile(module, **kw))
     train("baseline", *shapes, tmp_path / "eager", _config(steps=4), model_config=TINY)
     assert compiled == []
     train("baseline", *shapes, tmp_path / "compiled", _config(steps=4, compile=True), model_config=TINY)
@@ -260,15 +270,11 @@ def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
         result["sample_gflop_per_image"] * result["sample_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                    reason="torch.compile on a CPU needs a C++ compiler (g++), and none is installed")
-def test_bench_train_compiled_times_a_compiled_step_and_counts_the_same_flops(monkeypatch):
+@needs_cxx
+def test_bench_train_compiled_times_a_compiled_step_and_counts_the_same_flops(monkeypatch, compiled):
     from t2i_helpers.bench import bench_train
 
     monkeypatch.setenv("T2I_SMOKE", "1")
-    compiled = []
-    real_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, **kw: compiled.append(module) or real_compile(module, **kw))
     eager = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu")
     assert compiled == [] and eager["compiled"] == {"train": False, "sample": False}
     result = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu", compile=True)
