@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 _TMP = Path(tempfile.mkdtemp(prefix="t2i-tests-"))
 for _name in ("T2I_DATA", "T2I_RUNS", "T2I_FIGURES"):
     os.environ.setdefault(_name, str(_TMP / _name.lower()))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Each session writes tens of MB there (Shapes sets, caches, runs); without this, every ``make test``
+    left its folder in /tmp. A failed session keeps it, for looking at what the failing test wrote."""
+    if exitstatus == 0 and not os.environ.get("T2I_KEEP_TEST_FILES"):
+        shutil.rmtree(_TMP, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus) -> None:
+    if _TMP.exists() and any(_TMP.iterdir()):
+        terminalreporter.write_line(f"t2i: this session's data, caches and runs are kept in {_TMP}")
 
 
 @pytest.fixture(scope="session")
