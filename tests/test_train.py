@@ -265,6 +265,7 @@ def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
         model.unet(torch.randn(2, 3, size, size), torch.rand(2), torch.randn(2, 384), torch.randn(2, length, 384),
                    torch.ones(2, length, dtype=torch.bool))
     assert result["sample_options"] == {"steps": 7, "guidance": 3.0}
+    assert result["sample_batch_size"] == 4  # sampling runs at the training batch size
     assert result["sample_gflop_per_image"] == pytest.approx(7 * counter.get_total_flops() / 1e9, rel=0.01)
     assert result["sample_tflop_per_s"] == pytest.approx(
         result["sample_gflop_per_image"] * result["sample_images_per_s"] / 1e3, rel=0.02, abs=1e-3)
