@@ -28,7 +28,7 @@ def _session(tmp_path: Path, outcome: str, **extra_env: str) -> tuple[subprocess
     tmpdir.mkdir()
     shutil.copy(CONFTEST, project / "conftest.py")
     (project / "test_a.py").write_text(TEST)
-    drop = {"T2I_DATA", "T2I_RUNS", "T2I_FIGURES", "T2I_KEEP_TEST_FILES"}  # ours, set by this session's conftest
+    drop = {"T2I_DATA", "T2I_RUNS", "T2I_FIGURES", "T2I_KEEP_TEST_FILES"}  # the outer session's (its conftest set the first three)
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(TMPDIR=str(tmpdir), OUTCOME=outcome, **extra_env)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:nbval",
