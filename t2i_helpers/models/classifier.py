@@ -230,9 +230,8 @@ def predict_attributes(model: AttributeClassifier, images: np.ndarray | Tensor, 
     indices: dict[str, list[Tensor]] = {name: [] for name in model.attributes}
     drawn: list[Tensor] = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        drawn.append(object_drawn(chunk))
-        batch = _as_float_images(chunk).to(device)
+        batch = _as_float_images(images[start:start + batch_size]).to(device)
+        drawn.append(object_drawn(batch).cpu())  # converted once, checked where the batch is
         for name, logits in model(batch).items():
             indices[name].append(logits.argmax(dim=1).cpu())
     if not len(images):
