@@ -405,3 +405,25 @@ def test_download_coco_rejects_bad_arguments(tmp_path):
         D.download_coco(tmp_path, split="test2015")
     with pytest.raises(DatasetError, match="max_images"):
         D.download_coco(tmp_path, max_images=0)
+
+
+# ------------------------------------------------------------------------------------- locate_coco
+def test_locate_coco_finds_coco_mini_beside_a_checkout(coco_mini, capsys):
+    assert D.locate_coco(prefer_full=False) == coco_mini
+    assert capsys.readouterr().out == ""
+
+
+def test_locate_coco_prefers_a_downloaded_coco_outside_smoke_mode(coco_mini, tmp_path, monkeypatch):
+    monkeypatch.setenv("T2I_DATA", str(tmp_path))
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    assert D.locate_coco(prefer_full=True) == tmp_path / "coco"
+    assert D.locate_coco(prefer_full=False) == coco_mini
+
+
+def test_locate_coco_without_any_says_what_to_run_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("T2I_DATA", str(tmp_path / "data"))
+    monkeypatch.setattr(D, "coco_mini_dir", lambda: None)  # as on Colab: no ../shared beside the package
+    assert D.locate_coco() is None
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "download-coco" in lines[0] and str(tmp_path / "data" / "coco") in lines[0]
+    assert D.locate_coco(announce=False) is None and capsys.readouterr().out == ""

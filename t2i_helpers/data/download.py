@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from t2i_helpers.config import data_dir
+from t2i_helpers.config import coco_mini_dir, data_dir, smoke
 from t2i_helpers.errors import DatasetError
 from t2i_helpers.files import atomic_path, atomic_write_text
 
@@ -272,4 +272,38 @@ def annotations_for(root: str | os.PathLike, split: str) -> Path:
     raise DatasetError(f"no COCO captions file for {split} in {ann_dir}; run download_coco(split={split!r}) first")
 
 
-__all__ = ["CocoDownload", "KNOWN_FILES", "annotations_for", "download_coco", "download_file"]
+COCO_MISSING = ("no COCO here: coco-mini sits beside a checkout of the course (../shared/coco-mini), not on Colab; "
+                "run `python -m t2i_helpers download-coco {dest} --max-images 500` (needs the internet, about "
+                "100 MB), then rerun. The rest of this notebook works without it.")
+
+
+def locate_coco(prefer_full: bool | None = None, announce: bool = True) -> Path | None:
+    """The COCO folder to use: ``data/coco`` once downloaded, else ``../shared/coco-mini``, else None.
+
+    ``prefer_full`` (default: not in smoke mode) puts a downloaded ``data/coco`` first. Where neither
+    exists (Colab, a plain pip install) it prints one line saying what to run, and returns None, so a
+    notebook can skip its COCO cells instead of failing.
+    """
+    prefer_full = (not smoke()) if prefer_full is None else prefer_full
+    full = data_dir() / "coco"
+    full = full if (full / "annotations").is_dir() else None
+    mini = coco_mini_dir()
+    for root in ((full, mini) if prefer_full else (mini, full)):
+        if root is not None:
+            return root
+    if announce:
+        print(COCO_MISSING.format(dest=_coco_hint()))
+    return None
+
+
+def _coco_hint() -> str:
+    """Where ``download-coco`` should put COCO so that :func:`locate_coco` finds it (relative if possible)."""
+    target = data_dir() / "coco"
+    try:
+        return str(target.relative_to(Path.cwd()))
+    except ValueError:
+        return str(target)
+
+
+__all__ = ["COCO_MISSING", "CocoDownload", "KNOWN_FILES", "annotations_for", "download_coco", "download_file",
+           "locate_coco"]
