@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from .config import TIERS
 from .errors import T2IError
 
 
@@ -203,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt up to --steps")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _tier_option(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("sample", help="sample a grid of images for a caption from a run")
@@ -252,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+    _tier_option(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("export-text-model", help="save the text encoder as a folder (float16) for offline machines")
@@ -275,12 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")
     p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
     p.add_argument("--steps", type=int, default=None)
+    _tier_option(p)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
+def _tier_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tier", choices=TIERS,
+                   help="smoke (CI), cpu (a 2-core laptop) or gpu; default: T2I_TIER, else smoke under "
+                        "T2I_SMOKE=1, else gpu where CUDA is, else cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "tier", None):
+        os.environ["T2I_TIER"] = args.tier  # every default below reads the tier from here (config.tier)
     try:
         args.func(args)
     except T2IError as exc:

@@ -1,8 +1,14 @@
-"""Project-wide settings: the smoke-mode switch, paths, and the typed configs shared by modules.
+"""Project-wide settings: the tier, paths, and the typed configs shared by modules.
 
-Smoke mode (``T2I_SMOKE=1``, set by CI) shrinks data, models and steps so every notebook runs on a
-laptop CPU in about a minute. It is read here and nowhere else: other modules call :func:`smoke`
-or :func:`pick`, so a notebook never forks into two copies.
+The **tier** says how big everything is, and it is chosen here and nowhere else:
+
+* ``smoke``: CI. Tiny data, models and steps; seconds per notebook, it proves that the code runs.
+* ``cpu``: a 2-core laptop. 32 px Shapes; real, recognisable results within minutes.
+* ``gpu``: 64 px, the full configs.
+
+``T2I_TIER`` (or ``--tier`` on the command line, which sets it) names one. Otherwise
+``T2I_SMOKE=1`` means ``smoke``, a CUDA GPU means ``gpu``, and anything else ``cpu``. Other modules
+call :func:`tier`, :func:`by_tier`, :func:`smoke` or :func:`pick`, so a notebook never forks.
 """
 from __future__ import annotations
 
@@ -13,15 +19,42 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _FALSE = {"", "0", "false", "no", "off"}
+TIERS = ("smoke", "cpu", "gpu")
+
+
+def env_flag(name: str) -> bool:
+    """An on/off environment variable: unset, '', 0, false, no and off are off; anything else is on."""
+    return os.environ.get(name, "0").strip().lower() not in _FALSE
+
+
+def tier() -> str:
+    """``smoke``, ``cpu`` or ``gpu``: ``T2I_TIER``, else smoke under ``T2I_SMOKE``, else gpu where CUDA is."""
+    name = os.environ.get("T2I_TIER", "").strip().lower()
+    if name:
+        if name not in TIERS:
+            from .errors import T2IError
+
+            raise T2IError(f"T2I_TIER={name!r} is not a tier; choose one of {', '.join(TIERS)}")
+        return name
+    if env_flag("T2I_SMOKE"):
+        return "smoke"
+    import torch  # here, not at the top: the data layer imports this module without needing torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def by_tier(smoke: T, cpu: T, gpu: T, name: str | None = None) -> T:
+    """The value for tier ``name`` (default: :func:`tier`)."""
+    return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[name or tier()]
 
 
 def smoke() -> bool:
-    """True when ``T2I_SMOKE`` asks for the tiny CPU configuration."""
-    return os.environ.get("T2I_SMOKE", "0").strip().lower() not in _FALSE
+    """True in the ``smoke`` tier (``T2I_SMOKE=1``, as CI sets it)."""
+    return tier() == "smoke"
 
 
 def pick(full: T, smoke_value: T) -> T:
-    """``full`` for a real run, ``smoke_value`` under ``T2I_SMOKE=1``."""
+    """``smoke_value`` in the smoke tier, ``full`` otherwise (for settings the cpu and gpu tiers share)."""
     return smoke_value if smoke() else full
 
 
