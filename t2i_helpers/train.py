@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import pick
+from .config import by_tier, pick
 from .errors import TrainingError
 from .files import atomic_torch_save, atomic_write_text
 from .models import build_model, config_from_dict, default_config
@@ -46,10 +46,11 @@ METRICS = "metrics.csv"
 class TrainConfig:
     """How to train (what to train is the model's own config)."""
 
-    steps: int = field(default_factory=lambda: pick(5000, 60))  # total steps of the run; --resume continues to it
-    batch_size: int = field(default_factory=lambda: pick(128, 8))  # per process under torchrun
+    # total steps of the run (--resume continues to it); the cpu tier's 6,000 take about 10 minutes on 2 cores
+    steps: int = field(default_factory=lambda: by_tier(smoke=60, cpu=6000, gpu=5000))
+    batch_size: int = field(default_factory=lambda: by_tier(smoke=8, cpu=32, gpu=128))  # per process under torchrun
     lr: float | None = None  # None: the model family's own suggestion (config.optimizer_settings())
-    warmup_steps: int = field(default_factory=lambda: pick(200, 0))  # linear LR warm-up, then constant
+    warmup_steps: int = field(default_factory=lambda: by_tier(smoke=0, cpu=100, gpu=200))  # linear warm-up, then constant
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0  # max global grad norm per phase; None disables
     ema_decay: float = 0.999

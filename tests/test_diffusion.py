@@ -169,6 +169,20 @@ def test_guidance_combines_conditional_and_unconditional_predictions():
 
 
 # ---- sampling ----------------------------------------------------------------------------------------
+def test_guidance_from_guides_only_above_that_time(monkeypatch):
+    """guidance_from=t0: the guided weight while t > t0, conditional-only (w = 1) from t0 down."""
+    model = randomise_zero_parameters(TextDiffusion(tiny(), TEXT_DIM).eval())
+    text, tokens, mask = conditions()
+    weights = []
+    real_guided_v = model.guided_v
+    monkeypatch.setattr(model, "guided_v", lambda x, t, *a: weights.append((float(t[0]), a[-1])) or real_guided_v(x, t, *a))
+    sample = lambda **o: model.generate(text, tokens, mask, torch.Generator().manual_seed(0), steps=4, **o)  # noqa: E731
+    guided_early = sample(guidance=3.0, guidance_from=0.5)
+    assert weights == [(1.0, 3.0), (0.75, 3.0), (0.5, 1.0), (0.25, 1.0)]
+    assert torch.equal(sample(guidance=3.0, guidance_from=1.0), sample(guidance=1.0))  # never guided
+    assert torch.equal(sample(guidance=3.0, guidance_from=0.0), sample(guidance=3.0))  # the default
+    assert not torch.equal(guided_early, sample(guidance=3.0))
+
 
 
 def test_ddim_is_deterministic_for_a_seed():
@@ -389,3 +403,11 @@ def test_the_unet_traces_under_torch_compile_without_warnings_and_gives_the_eage
     assert not [w for w in caught if "lru_cache" in str(w.message)]
     assert reference.abs().mean() > 0.01
     torch.testing.assert_close(compiled, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_guidance_the_sampler_uses_the_configs():
+    model = randomise_zero_parameters(TextDiffusion(tiny(guidance=2.0), TEXT_DIM).eval())
+    text, tokens, mask = conditions()
+    sample = lambda **o: model.generate(text, tokens, mask, torch.Generator().manual_seed(0), steps=3, **o)  # noqa: E731
+    assert torch.equal(sample(), sample(guidance=2.0)) and not torch.equal(sample(), sample(guidance=3.0))
+    assert DiffusionConfig().guidance == 3.0 and DiffusionConfig.cpu().guidance == 2.0

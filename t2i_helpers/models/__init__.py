@@ -26,12 +26,12 @@ def model_classes(family: str) -> tuple[type, type]:
     return getattr(module, config_name), getattr(module, model_name)
 
 
-def default_config(family: str) -> Any:
-    """The family's config: full size normally, its ``smoke()`` variant under ``T2I_SMOKE=1``."""
-    from ..config import pick
+def default_config(family: str, tier: str | None = None) -> Any:
+    """The family's config for a tier (default: the current one): ``smoke()``, ``cpu()`` or the full one."""
+    from ..config import by_tier
 
     config_cls, _ = model_classes(family)
-    return pick(config_cls(), config_cls.smoke())
+    return by_tier(config_cls.smoke, config_cls.cpu, config_cls, tier)()
 
 
 def config_from_dict(family: str, values: dict) -> Any:

@@ -28,6 +28,11 @@ class BaselineConfig:
     def smoke(cls) -> "BaselineConfig":
         return cls(image_size=64, fc_channels=16, hidden_channels=8)
 
+    @classmethod
+    def cpu(cls) -> "BaselineConfig":
+        """The cpu tier's: 32 px, the reference's layout at a quarter of its width."""
+        return cls(image_size=32, fc_channels=64, hidden_channels=32)
+
     def optimizer_settings(self) -> dict[str, dict]:
         return {"main": {"lr": 2e-4, "betas": (0.9, 0.999)}}
 

@@ -80,6 +80,7 @@ class DiffusionConfig:
     snr_floor: float = 1.0  # ... and a floor: the x0-weight is clamp(SNR, floor, gamma); 0 = plain Min-SNR
     time_power: float = 2.0  # t = 1 - (1 - u)^p: p > 1 trains more often at high noise, where layout is decided
     lr: float = 2e-4  # suggested Adam learning rate (the engine's --lr overrides it)
+    guidance: float = 3.0  # the sampler's classifier-free guidance when a caller names none
 
     # config.json files written before a field existed: what the run that wrote them really used.
     MISSING_MEANS: ClassVar[dict] = {"position_code": False, "snr_floor": 0.0, "time_power": 1.0}
@@ -98,6 +99,27 @@ class DiffusionConfig:
             head_dim=16,
             context_dim=32,
             dropout=0.0,
+        )
+
+    @classmethod
+    def cpu(cls) -> "DiffusionConfig":
+        """The cpu tier's: 32 px on 2x2 patches (a 16x16 grid), three levels (16, 8, 4), attention at 4.
+
+        1.4 M parameters. On 2 cores it beat a 48-channel variant at an equal 10-minute budget: more
+        steps mattered more than width (the ablation is in docs/cpu-tier.md).
+        """
+        return cls(
+            image_size=32,
+            patch_size=2,
+            base_channels=32,
+            channel_mults=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(4,),
+            head_dim=32,
+            context_dim=128,
+            dropout=0.0,
+            lr=1e-3,
+            guidance=2.0,
         )
 
     def optimizer_settings(self) -> dict[str, dict]:
@@ -517,25 +539,30 @@ class TextDiffusion(T2IModel):
         tokens: Tensor | None = None,
         token_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
-        guidance: float = 3.0,
+        guidance: float | None = None,
         steps: int = 25,
         eta: float = 0.0,
         clip_denoised: bool = True,
         dynamic_threshold: float | None = None,
+        guidance_from: float = 0.0,
         **options,
     ) -> Tensor:
         """Sample one image per caption with ``steps`` DDIM steps from t = 1 to t = 0.
 
         ``generator`` draws every random number on its own device (a CPU ``torch.Generator`` gives
         the same images for a seed on any device: noise is drawn on the CPU and then moved).
-        ``guidance``: CFG weight (1 = conditional only, 0 = unconditional, 3 = default).
+        ``guidance``: CFG weight (1 = conditional only, 0 = unconditional; None = the config's).
         ``eta``: 0 deterministic DDIM, 1 DDPM-like. ``clip_denoised`` clips each x0 estimate to
         [-1, 1]; ``dynamic_threshold`` (e.g. 0.995) uses Imagen's percentile thresholding instead.
+        ``guidance_from``: guide only while ``t > guidance_from`` and sample the rest conditionally
+        (guidance in a limited interval, Kynkaanniemi et al. 2024): at low noise the layout is
+        settled, and guidance there only amplifies speckle.
         """
         if options:
             raise TypeError(f"TextDiffusion.generate got unknown options {sorted(options)}")
         if steps < 1:
             raise T2IError(f"steps must be at least 1, got {steps}")
+        guidance = self.config.guidance if guidance is None else guidance
         text, tokens, mask = self._condition(text, tokens, token_mask)
         b, size = text.shape[0], self.config.image_size
         shape = (b, 3, size, size)
@@ -543,7 +570,8 @@ class TextDiffusion(T2IModel):
         x = torch.randn(shape, generator=generator, device=noise_device).to(text)
         times = torch.linspace(1.0, 0.0, steps + 1).tolist()
         for t, s in zip(times[:-1], times[1:]):
-            v = self.guided_v(x, torch.full((b,), t, device=x.device, dtype=x.dtype), text, tokens, mask, guidance)
+            w = guidance if t > guidance_from else 1.0
+            v = self.guided_v(x, torch.full((b,), t, device=x.device, dtype=x.dtype), text, tokens, mask, w)
             noise = torch.randn(shape, generator=generator, device=noise_device).to(x) if eta > 0 else None
             x = self.ddim_step(x, v, t, s, eta, noise, clip_denoised, dynamic_threshold)
         return x.clamp(-1, 1)

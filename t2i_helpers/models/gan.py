@@ -69,6 +69,11 @@ class GANConfig:
         """
         return cls(image_size=16, noise_dim=16, gen_channels=4, disc_channels=4, disc_text_dim=32, ma_gp_weight=0.0)
 
+    @classmethod
+    def cpu(cls) -> "GANConfig":
+        """The cpu tier's: 32 px, half DF-GAN's width, MA-GP kept."""
+        return cls(image_size=32, noise_dim=64, gen_channels=16, disc_channels=16, disc_text_dim=64)
+
     def optimizer_settings(self) -> dict[str, dict]:
         """Adam settings per phase, read by the engine (one optimizer per parameter group)."""
         betas = (self.beta1, self.beta2)
