@@ -24,7 +24,7 @@ demo: $(STAMP)
 test: unit notebooks notebooks-other-cpu notebooks-colab
 
 unit: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -p no:cacheprovider
 
 notebooks: $(STAMP)
 	$(PY) tools/check_notebooks.py here

@@ -61,9 +61,13 @@ def run_nbval(tmp: Path, extra: dict[str, str] | None = None) -> int:
 
 def make_throwaway_env(tmp: Path) -> Path:
     """A venv that sees this interpreter's dependencies but holds its own, non-editable t2i_helpers."""
-    wheels, venv = tmp / "wheel", tmp / "venv"
+    wheels, venv, source = tmp / "wheel", tmp / "venv", tmp / "source"
+    # Built from a copy, so that setuptools' build/ folder is not left in the checkout.
+    shutil.copytree(ROOT, source, ignore=lambda folder, names: [
+        n for n in names if n.startswith(".") or n == "__pycache__" or n.endswith(".egg-info")
+        or (Path(folder) == ROOT and n in ("data", "runs", "figures", "build", "notebooks", "tests", "docs"))])
     subprocess.check_call([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                           "-w", str(wheels), str(ROOT)], stdout=subprocess.DEVNULL)
+                           "-w", str(wheels), str(source)], stdout=subprocess.DEVNULL)
     subprocess.check_call([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     site = Path(subprocess.check_output([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -148,12 +152,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"t2i-notebooks-{args.setting}-"))
+    before = {p.name for p in ROOT.iterdir()}
     if args.setting == "colab":
         status = check_colab(tmp)
     elif args.setting == "store":
         status = store(tmp)
     else:
         status = run_nbval(tmp, OTHER_CPU if args.setting == "other-cpu" else None)
+    left = sorted({p.name for p in ROOT.iterdir()} - before)
+    if left and args.setting != "store":
+        print(f"notebooks ({args.setting}): the check left {', '.join(left)} in the checkout")
+        status = status or 1
     if status == 0 and not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
