@@ -106,7 +106,7 @@ class DiffusionConfig:
         """The cpu tier's: 32 px on 2x2 patches (a 16x16 grid), three levels (16, 8, 4), attention at 4.
 
         1.4 M parameters. On 2 cores it beat a 48-channel variant at an equal 10-minute budget: more
-        steps mattered more than width (the ablation is in docs/cpu-tier.md).
+        steps mattered more than width (the ablation and its seed spread: docs/cpu-tier.md).
         """
         return cls(
             image_size=32,
