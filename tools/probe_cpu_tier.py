@@ -72,9 +72,10 @@ def main() -> None:
     report = evaluate_run(run, shapes.images_dir, shapes.val_json, n=args.eval_n, fid="proxy", seed=0,
                           contrastive=False, device="cpu", generate_options=options)
     eval_s = time.perf_counter() - start
-    generated = run.generate(load_eval_data(shapes.images_dir, shapes.val_json).captions[:200], seed=1, **options)
+    val = load_eval_data(shapes.images_dir, shapes.val_json, image_size=run.model_config.image_size)
+    generated = run.generate(val.captions[:200], seed=1, **options)
     generated = ((generated.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    real = load_eval_data(shapes.images_dir, shapes.val_json, image_size=run.model_config.image_size).images
+    real = val.images
     acc = report["attribute_accuracy"]
     result = {
         "name": args.name, "family": args.family, "config": json.loads(args.config), "minutes": args.minutes,

@@ -556,7 +556,7 @@ class TextDiffusion(T2IModel):
         [-1, 1]; ``dynamic_threshold`` (e.g. 0.995) uses Imagen's percentile thresholding instead.
         ``guidance_from``: guide only while ``t > guidance_from`` and sample the rest conditionally
         (guidance in a limited interval, Kynkaanniemi et al. 2024): at low noise the layout is
-        settled, and guidance there only amplifies speckle.
+        settled. On the cpu tier it lowered the speckle a little and cost accuracy (docs/cpu-tier.md).
         """
         if options:
             raise TypeError(f"TextDiffusion.generate got unknown options {sorted(options)}")
