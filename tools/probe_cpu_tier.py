@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--guidance-from", type=float, default=0.0)
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=10**7, help="a fixed step count (--minutes stays the cap)")
+    parser.add_argument("--decay-steps", type=int, default=0, help="linear learning-rate decay over the last N steps")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -59,11 +61,12 @@ def main() -> None:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.config).items()}
     model_config = config_cls(**fields)
     out = runs_dir() / "probes" / args.name
-    train_config = TrainConfig(steps=10**7, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup,
+                               decay_steps=args.decay_steps,
                                max_minutes=args.minutes, checkpoint_every=0, sample_every=0, log_every=50,
                                progress=False, seed=args.seed, device="cpu")
     start = time.perf_counter()
-    train(args.family, shapes.images_dir, shapes.train_json, out, train_config, model_config)
+    train(args.family, shapes.images_dir, shapes.train_json, out, train_config, model_config, overwrite=True)
     wall = time.perf_counter() - start
     run = load_run(out, device="cpu")
     options = ({"guidance": args.guidance, "steps": args.sample_steps, "guidance_from": args.guidance_from}
@@ -79,7 +82,7 @@ def main() -> None:
     acc = report["attribute_accuracy"]
     result = {
         "name": args.name, "family": args.family, "config": json.loads(args.config), "minutes": args.minutes,
-        "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads, "steps": run.step,
+        "batch_size": args.batch_size, "lr": args.lr, "decay_steps": args.decay_steps, "threads": args.threads, "steps": run.step,
         "wall_s_train_call": round(wall, 1), "eval_s": round(eval_s, 1),
         "parameters": sum(p.numel() for p in run.model.parameters()),
         "all_val": acc["val"]["all"], "all_held_out": acc.get("held_out", {}).get("all"),
