@@ -6,6 +6,7 @@ the input ends with one line ``error: ...`` and exit status 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import sys
@@ -44,6 +45,46 @@ TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "device", "precision", "chec
                "text_model", "max_minutes")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (``--n 0`` is refused with a one-line message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of at least 0 (0 = "never", as in --checkpoint-every 0)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _number(minimum: float, strict: bool):
+    """argparse type: a finite float above (``strict``) or at least ``minimum``; nan and inf are refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'above' if strict else 'of at least'} "
+                                             f"{minimum:g}, got {text}")
+        return value
+    return parse
+
+
+_positive_float = _number(0.0, strict=True)  # learning rates, minutes
+_non_negative_float = _number(0.0, strict=False)  # guidance (0 = unconditional)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -73,7 +114,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
             applied = ", ".join(_flag(n) for n in TRAIN_FLAGS if n in SESSION_FIELDS)
             print(f"note: --resume continues with the run's saved settings; ignored: {', '.join(ignored)} "
                   f"(only {applied} apply)")
-    result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume)
+    result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume,
+                   overwrite=args.overwrite)
+    if result.interrupted:
+        raise SystemExit(130)  # train() has said what it saved
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
     budget = " (time budget reached)" if result.stopped_by_time else ""
     print(f"trained {args.model} to step {result.step}{budget}: {losses}; {result.images_per_s:.0f} images/s")
@@ -152,6 +196,13 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     elif args.what == "train":
         result = bench.bench_train(args.model, steps=args.steps, batch_size=args.batch_size,
                                    text_model=args.text_model, compile=args.compile)
+    elif args.what == "curve":
+        from .config import runs_dir
+        from .curve import run_curves
+
+        models = args.models or ["baseline", "gan", "diffusion"]
+        result = run_curves(models, args.out or runs_dir() / "curve", n_eval=args.n, seeds=tuple(args.seeds),
+                            ship=args.ship)
     else:
         from .metrics import bench_eval
 
@@ -162,16 +213,25 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(model=args.model, steps=args.steps)
+    run_demo()  # main() has put --tier into T2I_TIER
+
+
+class UsageError(Exception):
+    """A bad flag or value, reported by :func:`main` in one line (argparse would print the usage too)."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's hook for every bad argument
+        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m t2i_helpers", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m t2i_helpers", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-shapes", help="write the Shapes benchmark (COCO captions format)")
     p.add_argument("out", type=Path)
-    p.add_argument("--images", type=int, required=True, help="images in train + val together")
+    p.add_argument("--images", type=_positive_int, required=True, help="images in train + val together")
     p.add_argument("--size", type=int, default=64, help="canvas side in pixels (32..256)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_shapes)
@@ -185,24 +245,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download-coco", help="download COCO 2017 captions and images (needs the internet)")
     p.add_argument("dest", type=Path)
     p.add_argument("--split", default="val2017", choices=["train2017", "val2017"])
-    p.add_argument("--max-images", type=int, default=None, help="only the first N images of the split")
+    p.add_argument("--max-images", type=_positive_int, default=None, help="only the first N images of the split")
     p.set_defaults(func=_cmd_download_coco)
 
     p = sub.add_parser("train", help="train a model (baseline, gan, diffusion)")
     p.add_argument("--model", required=True, choices=["baseline", "gan", "diffusion"])
     p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"))
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--steps", type=int, help="the run's total number of steps")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=_positive_int, help="the run's total number of steps")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--lr", type=_positive_float)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, mps")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--sample-every", type=int)
+    p.add_argument("--checkpoint-every", type=_count)
+    p.add_argument("--sample-every", type=_count)
     p.add_argument("--text-model", help="BERT name or folder (default all-MiniLM-L6-v2, offline)")
-    p.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this much training time")
+    p.add_argument("--max-minutes", type=_positive_float, help="stop (with a checkpoint) after this much training time")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt up to --steps")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoint and log)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
@@ -211,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a grid of images for a caption from a run")
     p.add_argument("run", type=Path)
     p.add_argument("--caption", required=True)
-    p.add_argument("-n", type=int, default=8)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (diffusion)")
-    p.add_argument("--steps", type=int, help="DDIM steps (diffusion)")
+    p.add_argument("-n", type=_positive_int, default=8)
+    p.add_argument("--guidance", type=_non_negative_float, help="classifier-free guidance scale (diffusion)")
+    p.add_argument("--steps", type=_positive_int, help="DDIM steps (diffusion)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
@@ -222,12 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="FID (or proxy), attribute accuracy and R-precision of a run")
     p.add_argument("run", type=Path)
     p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"))
-    p.add_argument("--n", type=int, default=1000, help="generated images to score")
+    p.add_argument("--n", type=_positive_int, default=1000, help="generated images to score")
     p.add_argument("--fid", choices=["inception", "proxy"], default="inception")
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale for the samples (diffusion)")
-    p.add_argument("--sample-steps", type=int, help="DDIM steps for the samples (diffusion)")
+    p.add_argument("--guidance", type=_non_negative_float, help="classifier-free guidance scale for the samples (diffusion)")
+    p.add_argument("--sample-steps", type=_positive_int, help="DDIM steps for the samples (diffusion)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the CLIP-style model and R-precision")
     p.add_argument("--error-figure", type=Path, metavar="PATH",
                    help="Shapes: save the samples behind the commonest errors as PATH.png and PATH.pdf")
@@ -240,15 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
     p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"],
                    choices=["baseline", "gan", "diffusion"])
-    p.add_argument("--minutes", type=float, help="training time per model (default 10; smoke mode 0.1)")
+    p.add_argument("--minutes", type=_positive_float, help="training time per model (default 10; smoke mode 0.1)")
     p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
-    p.add_argument("--max-steps", type=int, help="upper bound on steps per model")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--n", type=int, help="validation captions to generate and score per model")
-    p.add_argument("--curve-points", type=int,
+    p.add_argument("--max-steps", type=_positive_int, help="upper bound on steps per model")
+    p.add_argument("--batch-size", type=_positive_int)
+    p.add_argument("--n", type=_positive_int, help="validation captions to generate and score per model")
+    p.add_argument("--curve-points", type=_positive_int,
                    help="score each model after this many equal slices of its budget (default 4; 1 = only at the end)")
-    p.add_argument("--guidance", type=float, help="diffusion guidance (default 3)")
-    p.add_argument("--sample-steps", type=int, help="diffusion DDIM steps (default 25)")
+    p.add_argument("--guidance", type=_non_negative_float, help="diffusion guidance (default 3)")
+    p.add_argument("--sample-steps", type=_positive_int, help="diffusion DDIM steps (default 25)")
     p.add_argument("--fid", choices=["inception", "proxy"], default="proxy")
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--text-model", help="BERT name or folder (default all-MiniLM-L6-v2)")
@@ -265,20 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export_text_model)
 
     p = sub.add_parser("bench", help="speed benchmarks, printed as JSON")
-    p.add_argument("what", choices=["data", "train", "eval"])
+    p.add_argument("what", choices=["data", "train", "eval", "curve"],
+                   help="curve: all-right against CPU minutes of training per family (cpu tier)")
     p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--text-model", help="bench train: BERT name or folder (default all-MiniLM-L6-v2)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for torch (default: torch's, one per core); notebooks 04-05 use 1 in smoke mode")
     p.add_argument("--compile", action="store_true",
                    help="bench train: the step as train --compile runs it; diffusion also samples with a compiled UNet")
+    p.add_argument("--models", nargs="+", choices=["baseline", "gan", "diffusion"],
+                   help="bench curve: the families (default all three)")
+    p.add_argument("--out", type=Path, help="bench curve: folder for the runs, curve.json and the figure")
+    p.add_argument("--n", type=_positive_int, default=500, help="bench curve: val captions judged per point")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="bench curve: one run per seed (default 0)")
+    p.add_argument("--ship", action="store_true",
+                   help="bench curve: export each family's run of the first seed to t2i_helpers/checkpoints/cpu")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="make Shapes, train briefly, write sample grids (what `make demo` runs)")
-    p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
-    p.add_argument("--steps", type=int, default=None)
+    p = sub.add_parser("demo", help="train the baseline and diffusion model, one figure of both (what `make demo` runs)")
     _tier_option(p)
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -291,7 +358,11 @@ def _tier_option(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc} (--help lists the options)", file=sys.stderr)
+        return 2
     if getattr(args, "tier", None):
         os.environ["T2I_TIER"] = args.tier  # every default below reads the tier from here (config.tier)
     try:
@@ -300,6 +371,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: anything saved before is kept", file=sys.stderr)
         return 130
     return 0

@@ -104,7 +104,11 @@ def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, co
             return saved["result"]
     seconds, curve = 0.0, []
     for k in range(slices):
-        result = train(family, image_root, train_ann, run_dir, train_config, model_config, resume=k > 0)
+        # compare owns its run folders: a run with other settings than these is replaced (overwrite).
+        result = train(family, image_root, train_ann, run_dir, train_config, model_config, resume=k > 0,
+                       overwrite=k == 0)
+        if result.interrupted:
+            raise KeyboardInterrupt  # train() saved and said so; do not start the next slice
         seconds += result.train_seconds
         curve.append({"step": result.step, "train_minutes": round(seconds / 60, 3)})
         if k == slices - 1 or not result.stopped_by_time or result.step >= train_config.steps:

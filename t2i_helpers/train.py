@@ -51,6 +51,8 @@ class TrainConfig:
     batch_size: int = field(default_factory=lambda: by_tier(smoke=8, cpu=32, gpu=128))  # per process under torchrun
     lr: float | None = None  # None: the model family's own suggestion (config.optimizer_settings())
     warmup_steps: int = field(default_factory=lambda: by_tier(smoke=0, cpu=100, gpu=200))  # linear warm-up, then constant
+    decay_steps: int = 0  # >0: the learning rate falls linearly to 0 over the run's last decay_steps steps
+    schedule_steps: int | None = None  # where that decay ends (default: steps); for runs trained in segments
     weight_decay: float = 0.0
     grad_clip: float | None = 1.0  # max global grad norm per phase; None disables
     ema_decay: float = 0.999
@@ -215,6 +217,35 @@ def _rng_state() -> dict:
     return state
 
 
+def save_or_explain(state: dict, path: Path) -> None:
+    """:func:`atomic_torch_save`, with a full disk or a missing permission said in one line. The
+    previous checkpoint survives either way: the new one is written beside it and renamed last."""
+    import shutil
+
+    try:
+        atomic_torch_save(state, path)
+    except (OSError, RuntimeError) as exc:
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        if getattr(exc, "errno", None) == 28 or free < 64 * 2**20:
+            reason = f"the disk is full ({free / 2**20:.0f} MiB free)"
+        elif getattr(exc, "errno", None) == 13:
+            reason = "permission denied"
+        else:
+            reason = str(exc).splitlines()[0][:100]
+        raise TrainingError(f"could not save {path}: {reason}; the previous checkpoint is kept") from None
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """The learning rate of step ``step + 1`` relative to the base: linear warm-up, constant, then an
+    optional linear decay to 0 over the last ``decay_steps`` of ``config.steps`` ("warm-up, stable,
+    decay": a cool-down at the end of a fixed budget lowers the final loss more than the EMA alone)."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else 1.0
+    if config.decay_steps > 0:
+        end = config.schedule_steps or config.steps
+        warm = min(warm, max(0.0, (end - step) / config.decay_steps))
+    return warm
+
+
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     py = state["python"]
@@ -258,7 +289,10 @@ class MetricsLog:
             # Drop rows logged after the checkpoint we resume from (the killed run went further).
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))
-            kept = [r for r in rows if int(r["step"]) <= resume_step]
+            whole = [r for r in rows if None not in r.values() and None not in r and _is_int(r.get("step"))]
+            if len(whole) < len(rows):  # a kill while a row was written leaves it cut off
+                print(f"note: dropped {len(rows) - len(whole)} incomplete row(s) at the end of {path}", flush=True)
+            kept = [r for r in whole if int(r["step"]) <= resume_step]
             if rows:
                 self.fields = list(rows[0].keys())
                 buf = [",".join(self.fields)] + [",".join(r[k] for k in self.fields) for r in kept]
@@ -275,13 +309,17 @@ class MetricsLog:
             csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
 
 
+def _is_int(text: Any) -> bool:
+    return isinstance(text, str) and text.isdigit()
+
+
 def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
-    """``metrics.csv`` as columns of floats (for loss curves)."""
-    path = Path(run_dir) / METRICS
+    """``metrics.csv`` of a run folder (or a CSV file itself) as columns of floats (for loss curves)."""
+    path = Path(run_dir) if str(run_dir).endswith(".csv") else Path(run_dir) / METRICS
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     return {k: [float(r[k]) for r in rows if r[k] != ""] for k in (rows[0].keys() if rows else [])}
@@ -298,6 +336,7 @@ class RunResult:
     from_cache: int
     train_seconds: float = 0.0  # wall time of this call's training loop (this session only, on a resume)
     stopped_by_time: bool = False  # max_minutes ran out before ``steps``
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when a signal stopped it (after a checkpoint)
 
 
 # Settings of one training session rather than of the run: on --resume they come from the caller,
@@ -413,15 +452,56 @@ def train(
     train_config: TrainConfig | None = None,
     model_config: Any | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train ``family`` ('baseline', 'gan', 'diffusion') on a COCO-format caption dataset.
 
     With ``resume=True`` the run continues from ``out_dir/checkpoint.pt`` up to ``train_config.steps``
     (the run's total); only the session settings (:data:`SESSION_FIELDS`) come from ``train_config``,
     everything else from the checkpoint, so the result is the same as one uninterrupted run.
-    ``train_config.max_minutes`` stops early (with a checkpoint) when the time is up.
+    A folder that already holds a run needs ``resume`` or ``overwrite``; a second process is kept
+    out by a lock (:mod:`t2i_helpers.runfolder`). ``train_config.max_minutes``, SIGINT and SIGTERM
+    stop early, with a checkpoint.
     """
+    from .runfolder import RunLock, check_start, clean_stale_temps
+
     out = Path(out_dir)
+    if _distributed()[0] != 0:  # only rank 0 writes into the folder
+        return _train(family, image_root, ann_file, out, train_config, model_config, resume)
+    with RunLock(out):
+        check_start(out, resume, overwrite)
+        clean_stale_temps(out)
+        return _train(family, image_root, ann_file, out, train_config, model_config, resume)
+
+
+def _resumed_configs(out: Path, family: str, image_root: Any, ann_file: Any,
+                     given: TrainConfig | None) -> tuple[dict, TrainConfig, Any]:
+    """The checkpoint to resume from, and the run's own configs (the session fields from ``given``)."""
+    from .runfolder import data_digest, read_checkpoint
+
+    checkpoint = read_checkpoint(out / CHECKPOINT)
+    saved = json.loads(checkpoint["config"])
+    if saved["family"] != family:
+        raise TrainingError(f"--resume: {out} holds a {saved['family']!r} run, not {family!r}")
+    digest = saved.get("data", {}).get("digest")
+    if digest is not None and digest != data_digest(image_root, ann_file):
+        raise TrainingError(f"--resume: {ann_file} is not the data set the run in {out} was trained on "
+                            f"({saved['data'].get('ann_file')}); pass that one, or train a new run")
+    given, defaults = given or TrainConfig(), TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
+    # steps and max_minutes are this session's goal; the other session settings keep their saved
+    # values unless the caller changed them from the defaults.
+    for name in SESSION_FIELDS:
+        if name in ("steps", "max_minutes") or getattr(given, name) != getattr(defaults, name):
+            setattr(train_config, name, getattr(given, name))
+    return checkpoint, train_config, config_from_dict(family, saved["model"])
+
+
+def _train(family: str, image_root: Any, ann_file: Any, out: Path, train_config: TrainConfig | None,
+           model_config: Any, resume: bool) -> RunResult:
+    from .runfolder import DivergenceGuard, StopRequest, data_digest
+
     rank, local_rank, world = _distributed()
     is_main = rank == 0
     ckpt_path = out / CHECKPOINT
@@ -429,19 +509,7 @@ def train(
     if resume:
         if not ckpt_path.exists():
             raise TrainingError(f"--resume: no checkpoint at {ckpt_path}; start the run without --resume")
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        saved = json.loads(checkpoint["config"])
-        if saved["family"] != family:
-            raise TrainingError(f"--resume: {out} holds a {saved['family']!r} run, not {family!r}")
-        given, defaults = train_config or TrainConfig(), TrainConfig()
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        train_config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in known})
-        # steps and max_minutes are this session's goal; the other session settings keep their saved
-        # values unless the caller changed them from the defaults.
-        for name in SESSION_FIELDS:
-            if name in ("steps", "max_minutes") or getattr(given, name) != getattr(defaults, name):
-                setattr(train_config, name, getattr(given, name))
-        model_config = config_from_dict(family, saved["model"])
+        checkpoint, train_config, model_config = _resumed_configs(out, family, image_root, ann_file, train_config)
     train_config = train_config or TrainConfig()
     model_config = model_config if model_config is not None else default_config(family)
 
@@ -512,7 +580,8 @@ def train(
         "model": asdict(model_config),
         "train": asdict(train_config),
         "text": asdict(text_config),
-        "data": {"image_root": str(image_root), "ann_file": str(ann_file)},
+        "data": {"image_root": str(image_root), "ann_file": str(ann_file),
+                 "digest": data_digest(image_root, ann_file)},
         "text_dim": data.text_dim,
         "world_size": world,
     }
@@ -535,19 +604,17 @@ def train(
             return
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise TrainingError(f"weights became nan/inf by step {step}; {ckpt_path} keeps the last good state")
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "ema": ema.model.state_dict(),
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "loader": loader_states,
-                "rng": _rng_state(),
-                "config": json.dumps(_jsonable(config_record)),
-            },
-            ckpt_path,
-        )
+        state = {
+            "model": model.state_dict(),
+            "ema": ema.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "loader": loader_states,
+            "rng": _rng_state(),
+            "config": json.dumps(_jsonable(config_record)),
+        }
+        save_or_explain(state, ckpt_path)
         print(f"checkpoint: step {step} -> {ckpt_path}", flush=True)
 
     def write_samples() -> None:
@@ -571,10 +638,13 @@ def train(
     start = time.perf_counter()
     deadline = start + 60 * train_config.max_minutes if train_config.max_minutes else None
     out_of_time = False
+    guard = DivergenceGuard(model)
+    stop = StopRequest()
     try:
-        while step < train_config.steps and not out_of_time:
+        stop.__enter__()
+        while step < train_config.steps and not out_of_time and stop.signal is None:
             batch = next(batches)
-            warm = min(1.0, (step + 1) / train_config.warmup_steps) if train_config.warmup_steps > 0 else 1.0
+            warm = lr_factor(step, train_config)
             step_losses = optimisation_step(
                 losses_module, batch, optimizers, groups, scaler, device, precision, train_config.grad_clip,
                 {phase: lr * warm for phase, lr in base_lr.items()}, step + 1,
@@ -593,13 +663,14 @@ def train(
                     flag = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
                     torch.distributed.broadcast(flag, src=0)
                     out_of_time = bool(flag.item())
-            final = step == train_config.steps or out_of_time
+            final = step == train_config.steps or out_of_time or stop.signal is not None
             log_now = step % train_config.log_every == 0 or final
             sample_now = (train_config.sample_every and step % train_config.sample_every == 0) or final
             checkpoint_now = (train_config.checkpoint_every and step % train_config.checkpoint_every == 0) or final
             if log_now or sample_now or checkpoint_now:
                 last_losses = read_losses(unread, ckpt_path)  # the one wait for the GPU; stops at a NaN
                 unread.clear()
+                guard.check(step, last_losses.get("loss", last_losses.get("d_loss")))  # before any save
             if is_main and log_now:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -620,12 +691,17 @@ def train(
             f"try --batch-size {max(1, train_config.batch_size // 2)}"
         ) from None
     finally:
+        stop.__exit__()
         bar.close()
     seconds = time.perf_counter() - start
     if out_of_time and is_main:
         print(f"time budget: stopped at step {step} of {train_config.steps} after {seconds / 60:.1f} min "
               f"(max_minutes {train_config.max_minutes:g})", flush=True)
-    return RunResult(out, step, last_losses, images_per_s, data.encoded, data.from_cache, seconds, out_of_time)
+    if stop.signal is not None and is_main:
+        print(f"interrupted ({stop.signal}): step {step} is saved in {ckpt_path}; continue with the same "
+              "command and --resume", flush=True)
+    return RunResult(out, step, last_losses, images_per_s, data.encoded, data.from_cache, seconds, out_of_time,
+                     stop.signal)
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -664,6 +740,11 @@ class LoadedRun:
     step: int
     device: torch.device
     data: dict = dataclasses.field(default_factory=dict)
+    metrics_file: Path | None = None  # where its metrics.csv is, if not in run_dir (shipped checkpoints)
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.metrics_file or self.run_dir / METRICS
 
     def encode(self, captions: Sequence[str]) -> Any:
         from .text import encode_captions
@@ -681,10 +762,12 @@ class LoadedRun:
 def load_run(run_dir: str | Path, device: str = "auto", weights: str = "ema") -> LoadedRun:
     """Rebuild a run's model from ``checkpoint.pt`` (safe: ``weights_only=True``), EMA weights by default."""
     run_dir = Path(run_dir)
+    from .runfolder import read_checkpoint
+
     ckpt_path = run_dir / CHECKPOINT
     if not ckpt_path.exists():
         raise TrainingError(f"no checkpoint in {run_dir} (expected {ckpt_path}); train first")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(ckpt_path)
     record = json.loads(checkpoint["config"])
     family = record["family"]
     model_config = config_from_dict(family, record["model"])

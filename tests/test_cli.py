@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from PIL import Image
 
 from t2i_helpers.cli import main
@@ -94,9 +96,9 @@ def test_resume_says_which_flags_it_ignores_and_max_minutes_stops(tmp_path, caps
 
 def test_compare_bad_budgets_are_one_line_errors(tmp_path, capsys):
     data = ["--data", str(tmp_path / "images"), str(tmp_path / "captions_train.json"), "--out", str(tmp_path / "c")]
-    for flags, words in ((["--curve-points", "0"], "curve_points (--curve-points) must be at least 1, got 0"),
+    for flags, words in ((["--curve-points", "0"], "argument --curve-points: must be at least 1, got 0"),
                          (["--minutes-for", "gan=x"], "--minutes-for expects MODEL=MINUTES"),
-                         (["--minutes", "0"], "must be more than 0 minutes")):
+                         (["--minutes", "0"], "argument --minutes: must be a finite number above 0, got 0")):
         assert main(["compare", *data, *flags]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and words in err and "\n" not in err
@@ -121,6 +123,30 @@ def test_bench_threads_sets_torchs_threads_for_the_run_and_rejects_zero(capsys, 
         assert json.loads(capsys.readouterr().out) == {"threads": 1}
         assert main(["bench", "train", "--threads", "0"]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == "error: --threads must be at least 1, got 0"
+        assert err == "error: argument --threads: must be at least 1, got 0 (--help lists the options)"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--steps", "0"], "--steps"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--steps", "-5"], "--steps"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--lr", "nan"], "--lr"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--lr", "-1"], "--lr"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--lr", "inf"], "--lr"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--max-minutes", "-1"], "--max-minutes"),
+    (["train", "--model", "baseline", "--data", "i", "a.json", "--out", "o", "--checkpoint-every", "-1"],
+     "--checkpoint-every"),
+    (["evaluate", "run", "--data", "i", "a.json", "--n", "0", "--fid", "proxy"], "--n"),
+    (["sample", "run", "--caption", "x", "--out", "g.png", "--guidance", "-1"], "--guidance"),
+    (["sample", "run", "--caption", "x", "--out", "g.png", "-n", "0"], "-n"),
+    (["sample", "run", "--caption", "x", "--out", "g.png", "--steps", "two"], "--steps"),
+    (["bench", "curve", "--n", "0"], "--n"),
+])
+def test_bad_values_stop_at_the_door_in_one_line_naming_the_flag(argv, flag, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be created: the check comes before any work
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: argument {flag}") and "\n" not in err, err
+    assert not any(tmp_path.iterdir())

@@ -64,7 +64,7 @@ def test_env_flag(clean_env):
 def test_tier_flag_on_train_compare_and_demo(clean_env, command):
     args = cli.build_parser().parse_args(command + ["--tier", "cpu"])
     assert args.tier == "cpu"
-    with pytest.raises(SystemExit):
+    with pytest.raises(cli.UsageError, match="invalid choice: 'laptop'"):
         cli.build_parser().parse_args(command + ["--tier", "laptop"])
 
 

@@ -526,3 +526,17 @@ def test_cuda_out_of_memory_ends_with_one_line_naming_a_batch_size_to_try(shapes
         train("baseline", *shapes, tmp_path / "run", _config(batch_size=8), model_config=TINY)
     message = str(info.value)
     assert "\n" not in message and "batch size 8" in message and "--batch-size 4" in message
+
+
+def test_lr_factor_warms_up_holds_then_decays_to_zero_at_the_schedule_end():
+    from t2i_helpers.train import lr_factor
+
+    config = TrainConfig(steps=100, warmup_steps=10, decay_steps=20)
+    factors = [lr_factor(step, config) for step in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0  # step s trains with (s + 1) / warmup
+    assert all(f == 1.0 for f in factors[10:80])
+    assert factors[80] == pytest.approx(1.0) and factors[90] == pytest.approx(0.5) and factors[99] == pytest.approx(0.05)
+    # A run trained in segments keeps one schedule: the decay ends at schedule_steps, not at this segment's end.
+    segment = TrainConfig(steps=50, warmup_steps=10, decay_steps=20, schedule_steps=100)
+    assert [lr_factor(s, segment) for s in range(50)] == factors[:50]
+    assert lr_factor(5, TrainConfig(steps=100, warmup_steps=0)) == 1.0
