@@ -12,6 +12,7 @@
 
 ``store`` is not a check: it executes the notebooks in place, in smoke mode (or the tier that
 ``T2I_TIER`` names), to record their outputs, with the same fresh folders and no timing metadata.
+Notebooks 03-05 are stored from the cpu tier: ``T2I_TIER=cpu python tools/check_notebooks.py store 03 04 05``.
 
 Each setting starts from empty data, cache, run and figure folders in a temp folder, so leftovers of
 ``make demo`` or an earlier run change nothing; the folder is removed when the check passes.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +78,11 @@ def make_throwaway_env(tmp: Path) -> Path:
     # file in that folder) is not run, so `import t2i_helpers` can only find the copy installed below.
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     wheel = next(wheels.glob("t2i_helpers-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:  # a Colab install must carry the cpu tier's shipped models
+        missing = [f"t2i_helpers/checkpoints/cpu/{f}.safetensors" for f in ("baseline", "gan", "diffusion")
+                   if f"t2i_helpers/checkpoints/cpu/{f}.safetensors" not in archive.namelist()]
+    if missing:
+        raise SystemExit(f"the wheel lacks {', '.join(missing)}: see [tool.setuptools.package-data] in pyproject.toml")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
                            "--target", str(site), str(wheel)])
     # The notebooks' kernel is this venv's Python (found before any kernel of the user's, see below).
@@ -131,13 +138,16 @@ def missing_coco_line(executed: Path) -> str:
     return "" if hints else f"no line saying what to run for COCO ('{COCO_HINT}')"
 
 
-def store(tmp: Path) -> int:
-    """Execute each notebook in place: what its stored outputs come from."""
+def store(tmp: Path, names: list[str] | None = None) -> int:
+    """Execute each notebook (or those whose names start with one of ``names``) in place: what
+    their stored outputs come from. One temp folder for all, so the caches are built once."""
     env = smoke_env(tmp)
     if os.environ.get("T2I_TIER"):  # a real tier's run instead of smoke mode
         env.pop("T2I_SMOKE")
         env["T2I_TIER"] = os.environ["T2I_TIER"]
     for notebook in NOTEBOOKS:
+        if names and not any(notebook.name.startswith(n) for n in names):
+            continue
         status = subprocess.call([sys.executable, "-m", "nbconvert", "--to", "notebook", "--execute", "--inplace",
                                   "--ExecutePreprocessor.timeout=3600", "--ExecutePreprocessor.record_timing=False",
                                   str(notebook)], cwd=ROOT, env=env)
@@ -150,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("setting", choices=["here", "other-cpu", "colab", "store"])
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
+    parser.add_argument("names", nargs="*", help="store: only the notebooks whose names start so (e.g. 03 04 05)")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix=f"t2i-notebooks-{args.setting}-"))
     before = {p.name for p in ROOT.iterdir()}
     if args.setting == "colab":
         status = check_colab(tmp)
     elif args.setting == "store":
-        status = store(tmp)
+        status = store(tmp, args.names)
     else:
         status = run_nbval(tmp, OTHER_CPU if args.setting == "other-cpu" else None)
     left = sorted({p.name for p in ROOT.iterdir()} - before)
