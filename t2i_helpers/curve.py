@@ -93,10 +93,11 @@ def curve_figure(curves: list[dict], out_dir: Path) -> tuple[Path, Path]:
     labelled: set[str] = set()
     for curve in curves:
         family, colour = curve["family"], colours.get(curve["family"], "k")
-        minutes = [p["train_minutes"] for p in curve["points"]]
-        held = [p["all_held_out"] for p in curve["points"]]
-        for values, style, split in (([p["all_val"] for p in curve["points"]], "o-", "val"), (held, "s--", "held-out pairs")):
-            if any(v is None for v in values):
+        points = [p for p in curve["points"] if p.get("train_minutes") is not None]  # untimed runs: tables only
+        minutes = [p["train_minutes"] for p in points]
+        held = [p["all_held_out"] for p in points]
+        for values, style, split in (([p["all_val"] for p in points], "o-", "val"), (held, "s--", "held-out pairs")):
+            if not values or any(v is None for v in values):
                 continue
             label = f"{family}, {split}"
             ax.plot(minutes, values, style, color=colour, ms=3, lw=1, alpha=0.8,
@@ -105,7 +106,7 @@ def curve_figure(curves: list[dict], out_dir: Path) -> tuple[Path, Path]:
     ax.set(xlabel=f"training minutes on this machine ({curves[0]['threads']} threads; judging not counted)",
            ylabel="every attribute right", ylim=(0, 1))
     ax.axhline(0.9, color="k", lw=0.5, ls=":")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center right")
     paths = save_figure(fig, "cpu_tier_curve", out_dir)
     plt.close(fig)
     return paths

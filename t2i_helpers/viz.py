@@ -143,6 +143,30 @@ def image_rows(
     return fig
 
 
+def caption_rows(
+    columns: dict[str, torch.Tensor | np.ndarray], captions: Sequence[str], size: float = 1.1,
+    title: str | None = None,
+) -> plt.Figure:
+    """Captions as rows (their text on the left, readable), one column per source (model or "real").
+
+    ``columns`` maps a column title to one image per caption ([-1, 1] tensors or uint8 arrays).
+    """
+    fig, axes = plt.subplots(len(captions), len(columns), squeeze=False,
+                             figsize=(size * len(columns) + 2.6, size * len(captions) + 0.5))
+    for j, (name, images) in enumerate(columns.items()):
+        pixels = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+        axes[0, j].set_title(name, fontsize=8)
+        for i, ax in enumerate(axes[:, j]):
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            ax.imshow(pixels[i], interpolation="nearest")
+    for ax, text in zip(axes[:, 0], captions):
+        ax.set_ylabel("\n".join(textwrap.wrap(text, 26)), rotation=0, ha="right", va="center", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def plot_curves(
     xs: Sequence[float] | dict[str, Sequence[float]], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
     title: str | None = None, logy: bool = False, styles: dict[str, dict] | None = None,

@@ -280,7 +280,7 @@ def test_a_few_adam_steps_on_one_batch_reduce_the_loss():
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
     t, noise = torch.rand(4, generator=g) * 0.8 + 0.1, torch.randn(4, 3, 16, 16, generator=g)
-    text, tokens, mask = model._condition(*conditions(4)[:1], None, None)
+    text, tokens, mask = model.condition(*conditions(4)[:1], None, None)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(20):

@@ -23,6 +23,7 @@ class BaselineConfig:
     fc_channels: int = 128  # channels of the feature map the Linear layer produces
     hidden_channels: int = 64  # channels between the two upsamplings
     upsample: str = "transposed"  # "transposed" (the reference) or "resize_conv" (no checkerboard)
+    lr: float = 2e-4  # Adam's learning rate (the reference's; the engine's --lr overrides it)
 
     @classmethod
     def smoke(cls) -> "BaselineConfig":
@@ -30,11 +31,12 @@ class BaselineConfig:
 
     @classmethod
     def cpu(cls) -> "BaselineConfig":
-        """The cpu tier's: 32 px, the reference's layout at a quarter of its width."""
-        return cls(image_size=32, fc_channels=64, hidden_channels=32)
+        """The cpu tier's: 32 px, the reference's layout at a quarter of its width; a larger step size,
+        so that 3,000 steps of batch 32 reach the conditional mean."""
+        return cls(image_size=32, fc_channels=64, hidden_channels=32, lr=1e-3)
 
     def optimizer_settings(self) -> dict[str, dict]:
-        return {"main": {"lr": 2e-4, "betas": (0.9, 0.999)}}
+        return {"main": {"lr": self.lr, "betas": (0.9, 0.999)}}
 
 
 def _upsample(in_ch: int, out_ch: int, mode: str) -> nn.Module:

@@ -405,7 +405,7 @@ class TextDiffusion(T2IModel):
 
     # ---- conditioning -----------------------------------------------------------------------------
 
-    def _condition(
+    def condition(
         self, text: Tensor, tokens: Tensor | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Cast to the model's dtype and fill defaults: no tokens -> the pooled embedding as one token."""
@@ -469,7 +469,7 @@ class TextDiffusion(T2IModel):
 
     def training_losses(self, batch: Batch, phase: str = "main") -> dict[str, Tensor]:
         x0 = self._images(batch)
-        text, tokens, mask = self._condition(batch.text, batch.tokens, batch.token_mask)
+        text, tokens, mask = self.condition(batch.text, batch.tokens, batch.token_mask)
         b = x0.shape[0]
         drop = torch.rand(b, device=x0.device) < self.config.cond_dropout
         text, tokens, mask = self.drop_captions(text, tokens, mask, drop)
@@ -563,7 +563,7 @@ class TextDiffusion(T2IModel):
         if steps < 1:
             raise T2IError(f"steps must be at least 1, got {steps}")
         guidance = self.config.guidance if guidance is None else guidance
-        text, tokens, mask = self._condition(text, tokens, token_mask)
+        text, tokens, mask = self.condition(text, tokens, token_mask)
         b, size = text.shape[0], self.config.image_size
         shape = (b, 3, size, size)
         noise_device = generator.device if generator is not None else text.device
