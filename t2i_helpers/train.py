@@ -321,7 +321,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, list[float]]:
     """``metrics.csv`` of a run folder (or a CSV file itself) as columns of floats (for loss curves)."""
     path = Path(run_dir) if str(run_dir).endswith(".csv") else Path(run_dir) / METRICS
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if None not in r.values()]  # a row cut off by a kill is left out
     return {k: [float(r[k]) for r in rows if r[k] != ""] for k in (rows[0].keys() if rows else [])}
 
 

@@ -19,7 +19,7 @@ from t2i_helpers.errors import TrainingError
 from t2i_helpers.files import atomic_write_text
 from t2i_helpers.models.baseline import BaselineConfig
 from t2i_helpers.runfolder import RunLock, data_digest, read_checkpoint
-from t2i_helpers.train import TrainConfig, load_run, train
+from t2i_helpers.train import TrainConfig, load_run, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4)
@@ -230,6 +230,7 @@ def test_stale_temp_files_and_a_cut_off_metrics_row_are_cleaned_on_resume(shapes
     stale.write_bytes(b"x" * 1000)
     metrics = (out / "metrics.csv").read_text()
     (out / "metrics.csv").write_text(metrics + "5,0.12")  # a row cut off by a kill
+    assert read_metrics(out)["step"] == [1.0, 2.0, 3.0, 4.0]  # plotting skips it too
     capsys.readouterr()
     train("baseline", *shapes, out, _config(steps=6), resume=True)
     out_text = capsys.readouterr().out
