@@ -45,26 +45,21 @@ TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "device", "precision", "chec
                "text_model", "max_minutes")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (``--n 0`` is refused with a one-line message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole(minimum: int):
+    """argparse type: a whole number of at least ``minimum`` (``--n 0`` is refused in one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number of at least 0 (0 = "never", as in --checkpoint-every 0)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+_positive_int = _whole(1)  # counts: steps, batch sizes, captions
+_count = _whole(0)  # 0 = "never", as in --checkpoint-every 0
 
 
 def _number(minimum: float, strict: bool):

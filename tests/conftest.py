@@ -41,3 +41,12 @@ def coco_mini() -> Path:
             pytest.fail(message + "; CI must have it")
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_train_data(tmp_path_factory) -> tuple[Path, Path]:
+    """60 Shapes images at 32 px (seed 3): (image folder, train annotations), for engine tests."""
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+
+    paths = make_shapes(tmp_path_factory.mktemp("tiny-shapes"), ShapesConfig(images=60, image_size=32, seed=3))
+    return paths.images_dir, paths.train_json

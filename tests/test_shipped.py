@@ -17,11 +17,8 @@ FAMILIES = ("baseline", "gan", "diffusion")
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> tuple[Path, Path]:
-    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-
-    paths = make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=60, image_size=32, seed=3))
-    return paths.images_dir, paths.train_json
+def shapes(tiny_train_data) -> tuple[Path, Path]:
+    return tiny_train_data
 
 
 def _tiny_run(family: str, shapes, out: Path) -> Path:

@@ -21,11 +21,8 @@ TINY = BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4)
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> tuple[Path, Path]:
-    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-
-    paths = make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=60, image_size=32, seed=3))
-    return paths.images_dir, paths.train_json
+def shapes(tiny_train_data) -> tuple[Path, Path]:
+    return tiny_train_data
 
 
 # torch.compile on a CPU generates C++: without a compiler those tests cannot run here.
