@@ -15,22 +15,15 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from t2i_helpers.config import data_dir, runs_dir
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
 from t2i_helpers.metrics import describe_errors, evaluate_run, load_eval_data
 from t2i_helpers.models import model_classes
-from t2i_helpers.models.classifier import DRAWN_THRESHOLD
+from t2i_helpers.curve import background_level
+from t2i_helpers.models.classifier import uint8_to_float
 from t2i_helpers.train import TrainConfig, load_run, train
-
-
-def background_level(images: np.ndarray) -> float:
-    """Mean brightness (0..1) of the pixels dimmer than the judge's 'drawn' threshold: 0 on clean black."""
-    value = images.astype(np.float32).max(axis=-1) / 255
-    dim = value < DRAWN_THRESHOLD
-    return float(value[dim].mean())
 
 
 def main() -> None:
@@ -76,9 +69,8 @@ def main() -> None:
                           contrastive=False, device="cpu", generate_options=options)
     eval_s = time.perf_counter() - start
     val = load_eval_data(shapes.images_dir, shapes.val_json, image_size=run.model_config.image_size)
-    generated = run.generate(val.captions[:200], seed=1, **options)
-    generated = ((generated.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    real = val.images
+    generated = run.generate(val.captions[:200], seed=1, **options)  # [-1, 1], as background_level wants
+    real = uint8_to_float(val.images)
     acc = report["attribute_accuracy"]
     result = {
         "name": args.name, "family": args.family, "config": json.loads(args.config), "minutes": args.minutes,
