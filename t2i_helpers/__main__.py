@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from t2i_helpers.cli import main
 
 sys.exit(main())

@@ -7,14 +7,21 @@ The **tier** says how big everything is, and it is chosen here and nowhere else:
 * ``gpu``: 64 px, the full configs.
 
 ``T2I_TIER`` (or ``--tier`` on the command line, which sets it) names one. Otherwise
-``T2I_SMOKE=1`` means ``smoke``, a CUDA GPU means ``gpu``, and anything else ``cpu``. Other modules
-call :func:`tier`, :func:`by_tier`, :func:`smoke` or :func:`pick`, so a notebook never forks.
+``T2I_SMOKE=1`` means ``smoke``, a CUDA GPU means ``gpu``, and anything else ``cpu``.
+
+Config dataclasses keep fixed defaults; each tier's settings are named constructors on the class
+(``smoke()``, ``cpu()``, ``gpu()``), and :func:`tier_config` picks the current tier's one. Other
+modules call :func:`tier`, :func:`tier_config` or :func:`by_tier`, so a notebook never forks.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import torch
+
+from t2i_helpers.errors import T2IError
 
 T = TypeVar("T")
 
@@ -32,20 +39,26 @@ def tier() -> str:
     name = os.environ.get("T2I_TIER", "").strip().lower()
     if name:
         if name not in TIERS:
-            from .errors import T2IError
-
             raise T2IError(f"T2I_TIER={name!r} is not a tier; choose one of {', '.join(TIERS)}")
         return name
     if env_flag("T2I_SMOKE"):
         return "smoke"
-    import torch  # here, not at the top: the data layer imports this module without needing torch
-
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
 def by_tier(smoke: T, cpu: T, gpu: T, name: str | None = None) -> T:
     """The value for tier ``name`` (default: :func:`tier`)."""
     return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[name or tier()]
+
+
+def tier_config(config_class: type[T], name: str | None = None) -> T:
+    """The named config of a tier: ``config_class.smoke()``, ``.cpu()`` or ``.gpu()``.
+
+    A class without a constructor for the tier uses its plain defaults (``config_class()``), so a
+    judge's config needs only ``smoke()``, and a model family's 64 px defaults are its ``gpu`` tier.
+    """
+    make: Any = getattr(config_class, name or tier(), None)
+    return make() if callable(make) else config_class()
 
 
 def smoke() -> bool:

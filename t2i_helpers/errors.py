@@ -19,3 +19,8 @@ class AssetMissingError(T2IError):
 
 class TrainingError(T2IError):
     """Training cannot go on (NaN loss, out of memory, a run folder that does not match)."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters (for messages that quote it)."""
+    return " ".join(str(err).split())[:limit]

@@ -1,4 +1,4 @@
-"""Atomic writes: every checkpoint, cache, figure and CSV goes through :func:`atomic_path`.
+"""Atomic writes (every checkpoint, cache, figure and CSV goes through :func:`atomic_path`) and file digests.
 
 A file is written under a temporary name in the same folder and renamed into place only when
 complete (``os.replace`` is atomic on one file system), so a kill or a full disk never leaves a
@@ -6,11 +6,14 @@ half-written file where a good one used to be.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import torch
 
 
 @contextmanager
@@ -48,8 +51,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    import torch
-
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def file_digest(path: str | os.PathLike, length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-1 of a file's bytes: keys caches to a file's content."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:length]

@@ -14,9 +14,11 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from PIL import Image
 
-from .config import figures_dir
-from .files import atomic_path
+from t2i_helpers.config import figures_dir
+from t2i_helpers.data.images import to_pixels
+from t2i_helpers.files import atomic_path
 
 STYLE = {
     "figure.dpi": 100,
@@ -57,15 +59,9 @@ def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None) -
     return png, pdf
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] float images [B,3,H,W] -> uint8 [B,H,W,3]."""
-    images = images.detach().float().cpu().clamp(-1, 1)
-    return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
     """Tile a batch into one uint8 image [H', W', 3]; accepts [-1,1] tensors or uint8 [B,H,W,3] arrays."""
-    arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+    arr = to_pixels(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"image_grid expects [B,H,W,3] uint8 or [B,3,H,W] tensors, got shape {arr.shape}")
     b, h, w, _ = arr.shape
@@ -80,8 +76,6 @@ def image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, pad: int = 2) -
 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, nrow: int = 8) -> Path:
     """Write a sample grid as a PNG (atomically), e.g. for the CLI's ``sample --out grid.png``."""
-    from PIL import Image
-
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(image_grid(images, nrow=nrow)).save(tmp, format="PNG")
     return Path(path)
@@ -95,7 +89,7 @@ def show_images(
     size: float = 1.3,
 ) -> plt.Figure:
     """One image per panel, with its caption wrapped underneath; returns the figure."""
-    arr = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+    arr = to_pixels(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
     b = arr.shape[0]
     ncols = max(1, min(nrow, b))
     nrows = (b + ncols - 1) // ncols
@@ -128,7 +122,7 @@ def image_rows(
     fig, axes = plt.subplots(len(rows), ncols, squeeze=False,
                              figsize=(size * ncols + 1.2, size * len(rows) + (0.6 if column_titles else 0.2)))
     for ax_row, (name, images) in zip(axes, rows.items()):
-        pixels = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+        pixels = to_pixels(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
         for i, ax in enumerate(ax_row):
             ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
             ax.spines[:].set_visible(False)
@@ -154,7 +148,7 @@ def caption_rows(
     fig, axes = plt.subplots(len(captions), len(columns), squeeze=False,
                              figsize=(size * len(columns) + 2.6, size * len(captions) + 0.5))
     for j, (name, images) in enumerate(columns.items()):
-        pixels = to_uint8(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
+        pixels = to_pixels(images) if isinstance(images, torch.Tensor) else np.asarray(images, dtype=np.uint8)
         axes[0, j].set_title(name, fontsize=8)
         for i, ax in enumerate(axes[:, j]):
             ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from t2i_helpers.data import cache as C
-from t2i_helpers.data.cache import CachedLoader, ImageCache
+from t2i_helpers.data.cache import ImageCache
+from t2i_helpers.data.loader import CachedLoader
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
 from t2i_helpers.errors import DatasetError
 from t2i_helpers.text import TextTable
@@ -310,7 +311,7 @@ def test_loader_speed(shapes_cache):
 
 
 def test_bench_data_returns_numbers(coco_mini):
-    from t2i_helpers.bench import bench_data
+    from t2i_helpers.cli.bench import bench_data
 
     result = bench_data(coco_root=coco_mini, shapes_images=80, cached_batches=5, file_images=16, text=False,
                         batch_size=16)

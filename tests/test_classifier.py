@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from t2i_helpers.errors import T2IError
-from t2i_helpers.models.classifier import (
+from t2i_helpers.judges.augment import _mirrored_positions
+from t2i_helpers.judges.classifier import (
     AttributeClassifier,
     ClassifierConfig,
-    _mirrored_positions,
     load_classifier,
     load_or_train_attribute_classifier,
     predict_attributes,
@@ -64,7 +64,7 @@ def test_second_call_reads_the_cache_and_predicts_the_same(trained, shapes):
 
 @pytest.mark.slow
 def test_predictions_agree_for_uint8_and_float_inputs(trained, shapes):
-    from t2i_helpers.metrics import load_eval_data
+    from t2i_helpers.data.evalset import load_eval_data
 
     model, _, _ = trained
     val = load_eval_data(shapes.images_dir, shapes.val_json)
@@ -124,7 +124,7 @@ def test_mirroring_swaps_left_and_right_positions():
 
 
 def test_training_refuses_coco_annotations(coco_mini):
-    from t2i_helpers.models.classifier import train_attribute_classifier
+    from t2i_helpers.judges.classifier import train_attribute_classifier
 
     with pytest.raises(T2IError, match="not a Shapes annotation file"):
         train_attribute_classifier(coco_mini / "val2017", coco_mini / "annotations" / "captions_val2017.json",
@@ -136,11 +136,12 @@ def test_degrade_keeps_every_label_and_the_black_background(shapes):
     import torch.nn.functional as F
 
     from t2i_helpers.data.shapes import COLORS
-    from t2i_helpers.metrics import load_eval_data
-    from t2i_helpers.models.classifier import degrade, uint8_to_float
+    from t2i_helpers.data.evalset import load_eval_data
+    from t2i_helpers.judges.augment import degrade
+    from t2i_helpers.data.images import to_float
 
     val = load_eval_data(shapes.images_dir, shapes.val_json)
-    x = uint8_to_float(val.images[:64])
+    x = to_float(val.images[:64])
     alpha = torch.as_tensor(val.images[:64].max(axis=-1) > 0).float()[:, None]
     config = ClassifierConfig(degrade=1.0)
     out = degrade(x, alpha, config, torch.Generator().manual_seed(0))
@@ -163,13 +164,15 @@ def test_degrade_keeps_every_label_and_the_black_background(shapes):
 @pytest.mark.slow
 def test_the_judge_reads_degraded_real_images(trained, shapes):
     """What degrade is for: off-palette, unevenly lit, softened objects are still read right."""
-    from t2i_helpers.metrics import load_eval_data
-    from t2i_helpers.models.classifier import accuracy_per_attribute, degrade, uint8_to_float
+    from t2i_helpers.data.evalset import load_eval_data
+    from t2i_helpers.judges.classifier import accuracy_per_attribute
+    from t2i_helpers.judges.augment import degrade
+    from t2i_helpers.data.images import to_float
 
     model, _, _ = trained
     val = load_eval_data(shapes.images_dir, shapes.val_json)
     alpha = torch.as_tensor(val.images.max(axis=-1) > 0).float()[:, None]
-    x = degrade(uint8_to_float(val.images), alpha, ClassifierConfig(degrade=1.0), torch.Generator().manual_seed(1))
+    x = degrade(to_float(val.images), alpha, ClassifierConfig(degrade=1.0), torch.Generator().manual_seed(1))
     accuracy = accuracy_per_attribute(model, x, val.attributes)
     assert min(accuracy[k] for k in ("color", "size", "position")) >= 0.99, accuracy
     # Softened small shapes are the hard part (0.963 on torch 2.14, 0.950 on torch 2.3; clean: >= 0.99 above).
@@ -178,17 +181,18 @@ def test_the_judge_reads_degraded_real_images(trained, shapes):
 
 def test_training_degrades_each_image_with_its_own_object_mask(shapes, monkeypatch, tmp_path):
     """Mirrored images must bring their (mirrored) coverage along, or the colour shift lands beside the object."""
-    import t2i_helpers.models.classifier as classifier
+    import t2i_helpers.judges.augment as augment
+    import t2i_helpers.judges.classifier as classifier
 
     calls = []
-    real_degrade = classifier.degrade
+    real_degrade = augment.degrade
 
     def checking_degrade(x, alpha, config, generator):
         lit = (x + 1).amax(dim=1, keepdim=True) > 0.5  # the object's pixels (background is black)
         calls.append(((alpha > 0.5) == lit).float().mean().item())
         return real_degrade(x, alpha, config, generator)
 
-    monkeypatch.setattr(classifier, "degrade", checking_degrade)
+    monkeypatch.setattr(augment, "degrade", checking_degrade)
     classifier.train_attribute_classifier(shapes.images_dir, shapes.train_json, steps=3, val_ann_file=shapes.val_json,
                                           config=ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16,
                                                                   noise_std=0.0))
@@ -196,7 +200,7 @@ def test_training_degrades_each_image_with_its_own_object_mask(shapes, monkeypat
 
 
 def test_a_new_training_version_retrains_instead_of_reusing_the_cache(shapes, monkeypatch, tmp_path):
-    import t2i_helpers.models.classifier as classifier
+    import t2i_helpers.judges.classifier as classifier
 
     tiny = ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16, steps=2)
     train = lambda: load_or_train_attribute_classifier(shapes.images_dir, shapes.train_json,  # noqa: E731
@@ -213,7 +217,8 @@ def test_object_drawn_sees_every_real_object_and_no_blank_noisy_canvas():
     import torch.nn.functional as F
 
     from t2i_helpers.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, render
-    from t2i_helpers.models.classifier import DRAWN_THRESHOLD, object_drawn, uint8_to_float
+    from t2i_helpers.judges.classifier import DRAWN_THRESHOLD, object_drawn
+    from t2i_helpers.data.images import to_float
 
     assert DRAWN_THRESHOLD == pytest.approx(180 / 255 / 2)  # half the dimmest palette colour (green)
     renders = {size: np.stack([render(s, c, z, p, image_size=size) for s in SHAPES for c in COLORS
@@ -221,7 +226,7 @@ def test_object_drawn_sees_every_real_object_and_no_blank_noisy_canvas():
     for size, real in renders.items():
         assert object_drawn(real).all(), size
     # 16 px, as the image cache resizes for the smoke GAN (bicubic, antialiased)
-    small = F.interpolate(uint8_to_float(renders[32]), size=16, mode="bicubic", antialias=True, align_corners=False)
+    small = F.interpolate(to_float(renders[32]), size=16, mode="bicubic", antialias=True, align_corners=False)
     assert object_drawn(small).all()
     g = torch.Generator().manual_seed(0)
     noise = (-1 + 0.15 * torch.randn(64, 3, 32, 32, generator=g).abs()).clamp(-1, 1)  # a lifted, speckled black
@@ -239,11 +244,12 @@ def test_object_drawn_sees_every_real_object_and_no_blank_noisy_canvas():
 
 def test_predict_attributes_reads_nothing_where_no_object_is_drawn():
     from t2i_helpers.data.shapes import render
-    from t2i_helpers.models.classifier import NOTHING, uint8_to_float
+    from t2i_helpers.judges.classifier import NOTHING
+    from t2i_helpers.data.images import to_float
 
     torch.manual_seed(0)
     model = AttributeClassifier(ClassifierConfig())
-    real = uint8_to_float(torch.as_tensor(render("triangle", "green", "small", "top", image_size=32))[None])
+    real = to_float(torch.as_tensor(render("triangle", "green", "small", "top", image_size=32))[None])
     images = torch.cat([real, torch.full((1, 3, 32, 32), -1.0)])
     pred = predict_attributes(model, images, batch_size=1)
     assert set(pred[0].values()) & {NOTHING} == set() and set(pred[0]) == set(model.config.classes)

@@ -107,7 +107,7 @@ def test_compare_bad_budgets_are_one_line_errors(tmp_path, capsys):
 def test_bench_threads_sets_torchs_threads_for_the_run_and_rejects_zero(capsys, monkeypatch):
     import torch
 
-    from t2i_helpers import bench
+    from t2i_helpers.cli import bench_train as bench
 
     seen = {}
 

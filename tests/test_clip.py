@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i_helpers.errors import T2IError
-from t2i_helpers.models.clip import (
+from t2i_helpers.judges.clip import (
     ClipConfig,
     ContrastiveModel,
     _same_caption_targets,
@@ -64,7 +64,7 @@ def _fake_text_embeddings(data, dim: int = 32, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def shapes_data(tmp_path_factory):
     from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-    from t2i_helpers.metrics import load_eval_data
+    from t2i_helpers.data.evalset import load_eval_data
 
     paths = make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=400, image_size=32, seed=3))
     return load_eval_data(paths.images_dir, paths.train_json), load_eval_data(paths.images_dir, paths.val_json)

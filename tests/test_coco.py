@@ -20,12 +20,8 @@ from torch.utils.data import DataLoader, default_collate
 from torchvision import transforms
 
 from t2i_helpers.data import download as D
-from t2i_helpers.data.coco import (
-    CocoCaptionsDataset,
-    collate_captions,
-    inspect_dataset,
-    load_captions_index,
-)
+from t2i_helpers.data.coco import CocoCaptionsDataset, collate_captions, load_captions_index
+from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.errors import DatasetError
 
 

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from t2i_helpers.compare import (CompareConfig, compare_models, curve_figure, format_curves, format_table,
+from t2i_helpers.cli.compare import (CompareConfig, compare_models, curve_figure, format_curves, format_table,
                                  grid_captions)
 from t2i_helpers.errors import T2IError
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-from t2i_helpers.metrics import load_eval_data
+from t2i_helpers.data.evalset import load_eval_data
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_compare_trains_scores_and_reuses_finished_runs(shapes, tmp_path, capsys
     assert [r["val_all"] for r in again.rows] == [r["val_all"] for r in result.rows]
 
     # A run stopped part-way (a time limit, a disconnect) keeps the rows of the models it finished.
-    import t2i_helpers.compare as compare
+    import t2i_helpers.cli.compare as compare
 
     def stopped(family, *args, **kwargs):
         if family == "diffusion":

@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from t2i_helpers import cli
-from t2i_helpers.config import by_tier, env_flag, pick, smoke, tier
+from t2i_helpers.cli import commands as cli
+from t2i_helpers.cli.parser import UsageError, build_parser
+from t2i_helpers.config import by_tier, env_flag, pick, smoke, tier, tier_config
 from t2i_helpers.errors import T2IError
 
 
@@ -62,16 +63,16 @@ def test_env_flag(clean_env):
 @pytest.mark.parametrize("command", [["train", "--model", "baseline", "--data", "a", "b", "--out", "o"],
                                      ["compare", "--data", "a", "b", "--out", "o"], ["demo"]])
 def test_tier_flag_on_train_compare_and_demo(clean_env, command):
-    args = cli.build_parser().parse_args(command + ["--tier", "cpu"])
+    args = build_parser(cli.HANDLERS).parse_args(command + ["--tier", "cpu"])
     assert args.tier == "cpu"
-    with pytest.raises(cli.UsageError, match="invalid choice: 'laptop'"):
-        cli.build_parser().parse_args(command + ["--tier", "laptop"])
+    with pytest.raises(UsageError, match="invalid choice: 'laptop'"):
+        build_parser(cli.HANDLERS).parse_args(command + ["--tier", "laptop"])
 
 
 def test_tier_flag_sets_the_tier_for_the_whole_command(clean_env):
     seen = {}
     clean_env.setenv("T2I_TIER", "gpu")  # so that the fixture restores the variable main() sets
-    clean_env.setattr(cli, "_cmd_demo", lambda args: seen.setdefault("tier", tier()))  # looked up by build_parser
+    clean_env.setitem(cli.HANDLERS, "demo", lambda args: seen.setdefault("tier", tier()))  # read by build_parser
     assert cli.main(["demo", "--tier", "smoke"]) == 0
     assert seen["tier"] == "smoke" and os.environ["T2I_TIER"] == "smoke"
 
@@ -103,5 +104,7 @@ def test_train_config_defaults_per_tier(clean_env, name, steps, batch):
     from t2i_helpers.train import TrainConfig
 
     clean_env.setenv("T2I_TIER", name)
-    config = TrainConfig()
+    config = tier_config(TrainConfig)
     assert (config.steps, config.batch_size) == (steps, batch)
+    assert config == getattr(TrainConfig, name)()  # the tier's named config
+    assert TrainConfig() == TrainConfig.gpu()  # the plain defaults do not move with the environment

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from t2i_helpers.curve import background_level, curve_figure, train_curve
+from t2i_helpers.cli.curve import background_level, curve_figure, train_curve
 
 
 def test_background_level_reads_speckle_and_ignores_objects():

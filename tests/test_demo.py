@@ -6,7 +6,7 @@ import re
 import pytest
 from PIL import Image
 
-from t2i_helpers.demo import DEMO_ROWS, run_demo
+from t2i_helpers.cli.demo import DEMO_ROWS, run_demo
 
 
 @pytest.mark.slow

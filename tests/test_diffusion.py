@@ -314,7 +314,7 @@ def test_config_round_trips_through_json_and_the_registry():
 
 
 def test_position_code_is_bounded_distinct_per_place_and_follows_the_formula():
-    from t2i_helpers.models.diffusion import position_code
+    from t2i_helpers.models.unet import position_code
 
     code = position_code(4, 4, 18)  # 18 channels: 4 quarters of 4, then 2 zero channels
     assert code.shape == (16, 18) and code.abs().max() <= 1
@@ -334,7 +334,7 @@ def test_position_code_is_bounded_distinct_per_place_and_follows_the_formula():
 
 @pytest.mark.parametrize("with_code", [False, True])
 def test_cross_attention_tells_places_apart_only_with_the_position_code(with_code):
-    from t2i_helpers.models.diffusion import AttentionBlock
+    from t2i_helpers.models.unet import AttentionBlock
 
     torch.manual_seed(0)
     block = AttentionBlock(channels=16, context_dim=8, head_dim=8, position_code=with_code)
@@ -370,19 +370,19 @@ def test_learned_position_embedding_is_wired_into_the_unet():
 
 
 def test_the_cached_position_code_equals_the_formula_and_serves_training_after_inference_mode():
-    from t2i_helpers.models.diffusion import AttentionBlock, _position_code_for, position_code
+    from t2i_helpers.models.unet import AttentionBlock, cached_position_code, position_code
 
-    _position_code_for.cache_clear()
+    cached_position_code.cache_clear()
     torch.manual_seed(0)
     block = AttentionBlock(channels=16, context_dim=8, head_dim=8, position_code=True)
     x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 8)
     mask = torch.ones(2, 3, dtype=torch.bool)
     with torch.inference_mode():  # the table is first built while sampling ...
         block(x, ctx, mask)
-    assert torch.equal(_position_code_for(4, 4, 16, x.device, x.dtype), position_code(4, 4, 16))
+    assert torch.equal(cached_position_code(4, 4, 16, x.device, x.dtype), position_code(4, 4, 16))
     x.requires_grad_(True)
     block(x, ctx, mask).sum().backward()  # ... and then used where gradients are needed
-    assert x.grad is not None and _position_code_for.cache_info().hits >= 1
+    assert x.grad is not None and cached_position_code.cache_info().hits >= 1
 
 
 def test_the_unet_traces_under_torch_compile_without_warnings_and_gives_the_eager_output():

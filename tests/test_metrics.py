@@ -13,9 +13,15 @@ import torch
 from torch import nn
 
 from t2i_helpers import metrics
+from t2i_helpers.cli import bench
+from t2i_helpers.data import evalset
+from t2i_helpers import network
+from t2i_helpers.evaluation import evaluate, inception
 from t2i_helpers.errors import AssetMissingError, T2IError
+from t2i_helpers.data.evalset import EvalData
+from t2i_helpers.evaluation.evaluate import evaluate_images
+from t2i_helpers.evaluation.inception import real_statistics
 from t2i_helpers.metrics import (
-    EvalData,
     FeatureStats,
     FIDProtocol,
     attribute_accuracy,
@@ -23,10 +29,8 @@ from t2i_helpers.metrics import (
     attribute_errors,
     describe_errors,
     clip_score,
-    evaluate_images,
     frechet_distance,
     r_precision,
-    real_statistics,
 )
 
 
@@ -103,15 +107,15 @@ def test_pipeline_equals_torchmetrics_fid_with_the_same_features():
     reference = FrechetInceptionDistance(feature=net)
     reference.update(real, real=True)
     reference.update(fake, real=False)
-    stats = FeatureStats.from_features(metrics.extract_features(net, real))
-    ours = metrics.fid_from_images(fake, net, stats)
+    stats = FeatureStats.from_features(inception.extract_features(net, real))
+    ours = inception.fid_from_images(fake, net, stats)
     assert ours == pytest.approx(float(reference.compute()), rel=1e-4)
 
 
 def test_feature_stats_npz_round_trip_is_atomic(tmp_path):
     stats = FeatureStats.from_features(_gaussian_features(50, 6, 5))
-    path = stats.save(tmp_path / "sub" / "stats.npz", meta={"network": "x"})
-    loaded = FeatureStats.load(path)
+    path = inception.save_statistics(stats, tmp_path / "sub" / "stats.npz", meta={"network": "x"})
+    loaded = inception.load_statistics(path)
     np.testing.assert_array_equal(loaded.mu, stats.mu)
     np.testing.assert_array_equal(loaded.sigma, stats.sigma)
     assert loaded.n == 50
@@ -120,7 +124,7 @@ def test_feature_stats_npz_round_trip_is_atomic(tmp_path):
         assert json.loads(str(data["meta"])) == {"network": "x"}
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(T2IError, match="bad.npz"):
-        FeatureStats.load(tmp_path / "bad.npz")
+        inception.load_statistics(tmp_path / "bad.npz")
 
 
 def _tiny_data(tmp_path, n=40, size=8) -> EvalData:
@@ -160,7 +164,7 @@ def test_protocol_describes_every_setting_in_one_line():
 
 
 def test_evaluate_images_reports_proxy_fid_with_protocol_never_as_fid(tmp_path):
-    from t2i_helpers.models.clip import ClipConfig, ContrastiveModel
+    from t2i_helpers.judges.clip import ClipConfig, ContrastiveModel
 
     data = _tiny_data(tmp_path)
     model = ContrastiveModel(text_dim=5, config=ClipConfig(input_size=8, channels=(8,)))
@@ -176,7 +180,7 @@ def test_evaluate_images_reports_proxy_fid_with_protocol_never_as_fid(tmp_path):
     worse = evaluate_images(noise, ids, data, fid="proxy", contrastive=model, cache_dir=tmp_path / "fid")
     assert worse["real_stats_from_cache"] and worse["fid_proxy"] > report["fid_proxy"]
     assert "r_precision" not in worse  # no caption embeddings given
-    assert "fid_proxy" in metrics.format_report(worse)
+    assert "fid_proxy" in evaluate.format_report(worse)
     with pytest.raises(T2IError, match="caption ids"):
         evaluate_images(noise, ids[:5], data, contrastive=model)
     with pytest.raises(T2IError, match="proxy FID needs"):
@@ -208,42 +212,42 @@ def no_network(tmp_path, monkeypatch):
 
 
 def test_inception_offline_raises_one_clear_line(no_network, monkeypatch):
-    monkeypatch.setattr(metrics, "_online", lambda *a, **k: False)
+    monkeypatch.setattr(inception, "_online", lambda *a, **k: False)
     with pytest.raises(AssetMissingError) as err:
-        metrics.inception_network()
+        inception.inception_network()
     message = str(err.value)
     assert "\n" not in message
-    assert metrics.INCEPTION_URL in message and "--fid proxy" in message and "--inception-weights" in message
+    assert inception.INCEPTION_URL in message and "--fid proxy" in message and "--inception-weights" in message
 
 
 @pytest.mark.slow  # imports torchmetrics and builds the (random-weight) Inception network
 def test_inception_download_failure_becomes_asset_missing(no_network, monkeypatch):
-    monkeypatch.setattr(metrics, "_online", lambda *a, **k: True)
+    monkeypatch.setattr(inception, "_online", lambda *a, **k: True)
 
     def fail(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr(no_network, "load_state_dict_from_url", fail)
     with pytest.raises(AssetMissingError, match="URLError.*--fid proxy"):
-        metrics.inception_network()
+        inception.inception_network()
 
 
 def test_inception_missing_local_file_is_named(no_network, tmp_path):
     with pytest.raises(AssetMissingError, match="nowhere.pth does not exist"):
-        metrics.inception_network(tmp_path / "nowhere.pth")
+        inception.inception_network(tmp_path / "nowhere.pth")
 
 
 def test_offline_flag_skips_the_socket_check(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("socket opened although offline was declared")
 
-    monkeypatch.setattr(metrics.socket, "create_connection", forbidden)
+    monkeypatch.setattr(network.socket, "create_connection", forbidden)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert metrics._online() is False
+    assert inception._online() is False
 
 
 def test_evaluate_images_with_inception_offline_fails_fast(no_network, tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "_online", lambda *a, **k: False)
+    monkeypatch.setattr(inception, "_online", lambda *a, **k: False)
     data = _tiny_data(tmp_path)
     with pytest.raises(AssetMissingError):
         evaluate_images(torch.zeros(40, 3, 8, 8), np.arange(40), data, fid="inception")
@@ -306,7 +310,8 @@ def test_attribute_errors_count_only_mentioned_mistakes_most_frequent_first():
 def test_error_examples_and_error_figure_show_the_images_behind_each_error():
     import matplotlib.pyplot as plt
 
-    from t2i_helpers.metrics import error_examples, error_figure
+    from t2i_helpers.evaluation.evaluate import error_figure
+    from t2i_helpers.metrics import error_examples
 
     preds, targets, mentions = _five_judged_images()
     errors = attribute_errors(preds, targets, mentions)
@@ -333,8 +338,9 @@ def test_a_blank_sample_is_one_nothing_drawn_error_and_wrong_on_every_attribute(
     its own (share over every caption), not a colour or shape confusion, and never right by chance."""
     import matplotlib.pyplot as plt
 
-    from t2i_helpers.metrics import NOTHING_DRAWN, error_examples, error_figure
-    from t2i_helpers.models.classifier import NOTHING
+    from t2i_helpers.evaluation.evaluate import error_figure
+    from t2i_helpers.metrics import NOTHING_DRAWN, error_examples
+    from t2i_helpers.judges.classifier import NOTHING
 
     preds, targets, mentions = _five_judged_images()
     blank = {"shape": NOTHING, "size": NOTHING}
@@ -403,8 +409,8 @@ def test_clip_score_is_scaled_clipped_cosine():
 
 
 def test_bench_eval_reports_proxy_speed_and_inception_status(no_network, monkeypatch, one_thread):
-    monkeypatch.setattr(metrics, "_online", lambda *a, **k: False)
-    result = metrics.bench_eval(n_score=100, image_size=32)
+    monkeypatch.setattr(inception, "_online", lambda *a, **k: False)
+    result = bench.bench_eval(n_score=100, image_size=32)
     assert result["proxy_features_images_per_s"] > 0 and result["proxy_score_seconds"] > 0
     assert result["inception"].startswith("unavailable")
 
@@ -440,14 +446,14 @@ def small_shapes(tmp_path_factory):
 
 
 def test_evaluate_images_on_shapes_reports_attribute_groups(small_shapes, tmp_path):
-    from t2i_helpers.models.classifier import AttributeClassifier, ClassifierConfig, predict_attributes
-    from t2i_helpers.models.clip import ClipConfig, ContrastiveModel
+    from t2i_helpers.judges.classifier import AttributeClassifier, ClassifierConfig, predict_attributes
+    from t2i_helpers.judges.clip import ClipConfig, ContrastiveModel
 
-    data = metrics.load_eval_data(small_shapes.images_dir, small_shapes.val_json)
+    data = evalset.load_eval_data(small_shapes.images_dir, small_shapes.val_json)
     assert data.is_shapes and data.split == "val" and data.held_out_captions().any()
     classifier = AttributeClassifier(ClassifierConfig(input_size=32, channels=(4, 8), feature_dim=16))
     clip = ContrastiveModel(6, ClipConfig(input_size=32, channels=(8,)))
-    ids = metrics.sample_caption_ids(data, 50, seed=0)
+    ids = evalset.sample_caption_ids(data, 50, seed=0)
     real = torch.as_tensor(data.images[data.caption_image[ids]]).permute(0, 3, 1, 2).float() / 127.5 - 1
     report = evaluate_images(real, ids, data, fid="proxy", classifier=classifier, contrastive=clip,
                              caption_embeddings=torch.randn(len(data.captions), 6), cache_dir=tmp_path)
@@ -469,7 +475,7 @@ def test_evaluate_images_on_shapes_reports_attribute_groups(small_shapes, tmp_pa
     assert report["fid_network"].startswith("shapes-attribute-cnn")
     assert report["r_precision"] == report["r_precision_real"]
     assert 2 <= report["r_precision_clean_candidates"] <= report["r_precision_candidates"]
-    text = metrics.format_report(report)
+    text = evaluate.format_report(report)
     assert "held_out" in text and "R-precision" in text
 
 
@@ -499,18 +505,17 @@ class FakeRun:
 
 @pytest.mark.slow  # trains a (tiny) classifier and contrastive model
 def test_evaluate_run_scores_a_run(small_shapes, tmp_path, monkeypatch, one_thread):
-    import t2i_helpers.train
-    from t2i_helpers.models.classifier import ClassifierConfig
-    from t2i_helpers.models.clip import ClipConfig
+    from t2i_helpers.judges.classifier import ClassifierConfig
+    from t2i_helpers.judges.clip import ClipConfig
 
     monkeypatch.setenv("T2I_DATA", str(tmp_path / "data"))
-    val = metrics.load_eval_data(small_shapes.images_dir, small_shapes.val_json)
+    val = evalset.load_eval_data(small_shapes.images_dir, small_shapes.val_json)
     lookup = FakeRun(val).lookup
-    lookup.update(FakeRun(metrics.load_eval_data(small_shapes.images_dir, small_shapes.train_json)).lookup)
+    lookup.update(FakeRun(evalset.load_eval_data(small_shapes.images_dir, small_shapes.train_json)).lookup)
     run = FakeRun(val)
     run.lookup = lookup
-    monkeypatch.setattr(t2i_helpers.train, "load_run", lambda run_dir, device="auto": run)
-    report = metrics.evaluate_run(tmp_path / "run", small_shapes.images_dir, small_shapes.val_json, n=60,
+    monkeypatch.setattr(evaluate, "load_run", lambda run_dir, device="auto": run)
+    report = evaluate.evaluate_run(tmp_path / "run", small_shapes.images_dir, small_shapes.val_json, n=60,
                                   fid="proxy", classifier_config=ClassifierConfig(input_size=32, steps=30),
                                   clip_config=ClipConfig(steps=20, batch_size=32),
                                   error_figure_path=tmp_path / "figs" / "errors")
@@ -536,15 +541,15 @@ def test_local_inception_weights_file_gives_2048_features(no_network, tmp_path):
     with mock.patch.object(no_network, "load_state_dict_from_url", lambda *a, **k: None), \
             mock.patch.object(no_network.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
         random_net = no_network.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    path = tmp_path / metrics.INCEPTION_FILE
+    path = tmp_path / inception.INCEPTION_FILE
     torch.save(random_net.state_dict(), path)
-    network = metrics.inception_network(path)
-    assert network.name == metrics.INCEPTION_NAME + "-tf1" and "TF1-compatible" in network.resize
-    features = metrics.extract_features(network, np.zeros((2, 32, 32, 3), dtype=np.uint8))
+    network = inception.inception_network(path)
+    assert network.name == inception.INCEPTION_NAME + "-tf1" and "TF1-compatible" in network.resize
+    features = inception.extract_features(network, np.zeros((2, 32, 32, 3), dtype=np.uint8))
     assert features.shape == (2, 2048) and np.isfinite(features).all()
     torch.save({"state_dict": Payload()}, tmp_path / "pickled.pth")  # arbitrary objects are refused
     with pytest.raises(AssetMissingError, match="pickled.pth is not a torch-fidelity"):
-        metrics.inception_network(tmp_path / "pickled.pth")
+        inception.inception_network(tmp_path / "pickled.pth")
 
 
 class Payload:
@@ -552,14 +557,14 @@ class Payload:
 
 
 def test_coco_split_is_scored_without_attributes(coco_mini, tmp_path):
-    from t2i_helpers.models.clip import ClipConfig, ContrastiveModel
+    from t2i_helpers.judges.clip import ClipConfig, ContrastiveModel
 
-    data = metrics.load_eval_data(coco_mini / "val2017", coco_mini / "annotations" / "captions_val2017.json",
+    data = evalset.load_eval_data(coco_mini / "val2017", coco_mini / "annotations" / "captions_val2017.json",
                                   image_size=32)
     assert data.dataset == "coco" and data.split == "val" and not data.is_shapes
     assert data.images.shape[1:] == (32, 32, 3) and len(data.captions) >= len(data.images)
     clip = ContrastiveModel(4, ClipConfig(input_size=32, channels=(8,)))
-    ids = metrics.sample_caption_ids(data, 30, seed=0)
+    ids = evalset.sample_caption_ids(data, 30, seed=0)
     report = evaluate_images(torch.rand(30, 3, 32, 32) * 2 - 1, ids, data, fid="proxy", contrastive=clip,
                              caption_embeddings=torch.randn(len(data.captions), 4), cache_dir=tmp_path)
     assert "attribute_accuracy" not in report and "r_precision_clean" not in report

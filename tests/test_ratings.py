@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from t2i_helpers.errors import T2IError
-from t2i_helpers.ratings import FIELDS, RatingPanel, append_rating, read_ratings, summarise_ratings
+from t2i_helpers.evaluation.ratings import FIELDS, RatingPanel, append_rating, read_ratings, summarise_ratings
 
 
 def _items(n_per_model=3, models=("gan", "diffusion")):

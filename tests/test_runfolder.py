@@ -18,7 +18,7 @@ from t2i_helpers.cli import main
 from t2i_helpers.errors import TrainingError
 from t2i_helpers.files import atomic_write_text
 from t2i_helpers.models.baseline import BaselineConfig
-from t2i_helpers.runfolder import RunLock, data_digest, read_checkpoint
+from t2i_helpers.train.runfolder import RunLock, data_digest, read_checkpoint
 from t2i_helpers.train import TrainConfig, load_run, read_metrics, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_resume_and_overwrite_together_are_refused(shapes, tmp_path):
 def test_a_second_process_is_kept_out_and_told_who_holds_the_folder(shapes, tmp_path):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from t2i_helpers.runfolder import RunLock\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from t2i_helpers.train.runfolder import RunLock\n"
          f"with RunLock(Path({str(out)!r})):\n    print('locked', flush=True); sys.stdin.readline()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -200,7 +200,7 @@ def test_a_failed_save_is_one_line_and_the_previous_checkpoint_survives(error, r
     import shutil
     from collections import namedtuple
 
-    from t2i_helpers import train as engine
+    from t2i_helpers.train import state
 
     out = tmp_path / "run"
     train("baseline", *shapes, out, _config(), TINY)
@@ -209,7 +209,7 @@ def test_a_failed_save_is_one_line_and_the_previous_checkpoint_survives(error, r
     def failing_save(obj, path):
         raise error
 
-    monkeypatch.setattr(engine, "atomic_torch_save", failing_save)
+    monkeypatch.setattr(state, "atomic_torch_save", failing_save)
     if reason == "the disk is full":
         usage = namedtuple("usage", "total used free")
         monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))

@@ -10,7 +10,7 @@ import torch
 
 from t2i_helpers.errors import TrainingError
 from t2i_helpers.models import default_config
-from t2i_helpers.shipped import MAX_BYTES, RECIPES, export_run, load_or_train, load_shipped, read_sums, sha256, shipped_dir
+from t2i_helpers.train.shipped import MAX_BYTES, RECIPES, export_run, load_or_train, load_shipped, read_sums, sha256, shipped_dir
 from t2i_helpers.train import TrainConfig, load_run, train
 
 FAMILIES = ("baseline", "gan", "diffusion")
@@ -94,8 +94,8 @@ def test_load_or_train_prefers_the_run_folder_then_trains(shapes, tmp_path, caps
 def judged_val():
     """The cpu tier's Shapes (4,000 images, in this session's T2I_DATA) and the project's judge on it."""
     from t2i_helpers.data.shapes import shapes_dataset
-    from t2i_helpers.metrics import load_eval_data, sample_caption_ids
-    from t2i_helpers.models.classifier import ClassifierConfig, load_or_train_attribute_classifier
+    from t2i_helpers.data.evalset import load_eval_data, sample_caption_ids
+    from t2i_helpers.judges.classifier import ClassifierConfig, load_or_train_attribute_classifier
 
     root = shapes_dataset(images=4000)
     ann = root / "annotations"
@@ -119,7 +119,7 @@ def chance_of_all_right(data, ids) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shipped_cpu_model_draws_what_captions_ask(family, judged_val):
-    from t2i_helpers.metrics import evaluate_images
+    from t2i_helpers.evaluation.evaluate import evaluate_images
 
     if not (shipped_dir("cpu") / f"{family}.safetensors").exists():
         pytest.fail(f"t2i_helpers/checkpoints/cpu/{family}.safetensors is not in the checkout: "
@@ -136,7 +136,7 @@ def test_shipped_cpu_model_draws_what_captions_ask(family, judged_val):
 
 
 def test_shipped_records_name_no_local_folder(monkeypatch, tmp_path):
-    from t2i_helpers.shipped import portable_path
+    from t2i_helpers.train.shipped import portable_path
 
     monkeypatch.setenv("T2I_DATA", str(tmp_path / "data"))
     assert portable_path(str(tmp_path / "data" / "shapes-4000-64px-seed0" / "images")) == \

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from t2i_helpers import text
+from t2i_helpers import network, text
 from t2i_helpers.errors import AssetMissingError, T2IError
 from t2i_helpers.text import (
     CacheStats,
@@ -41,7 +41,7 @@ def cls_encoder() -> TextEncoder:
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(text, "_hub_reachable", lambda *a, **k: pytest.fail("tests must not probe the network"))
+    monkeypatch.setattr(network, "reachable", lambda *a, **k: pytest.fail("tests must not probe the network"))
 
 
 def _hidden(encoder: TextEncoder, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,8 @@ import torch
 
 from t2i_helpers.errors import TrainingError
 from t2i_helpers.models.baseline import BaselineConfig, TextToImageModel
-from t2i_helpers.train import EMA, TrainConfig, load_run, read_metrics, train
+from t2i_helpers.train import TrainConfig, load_run, read_metrics, train
+from t2i_helpers.train.state import EMA
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4)
@@ -191,7 +192,7 @@ images, ann, out, dump = sys.argv[1:5]
 cfg = TrainConfig(steps=4, batch_size=4, warmup_steps=0, checkpoint_every=0, sample_every=0, progress=False,
                   device="cpu", log_every=1)
 model_holder = {}
-import t2i_helpers.train as engine
+import t2i_helpers.train.engine as engine
 original = engine.build_model
 def capture(*a, **k):
     model_holder["m"] = original(*a, **k)
@@ -222,7 +223,7 @@ def test_torchrun_two_cpu_processes_end_with_identical_weights(shapes, tmp_path)
 
 
 def test_bench_train_reports_speed_profile_and_size(monkeypatch):
-    from t2i_helpers.bench import bench_train
+    from t2i_helpers.cli.bench_train import bench_train
     from t2i_helpers.models import build_model, default_config
 
     monkeypatch.setenv("T2I_SMOKE", "1")
@@ -250,7 +251,7 @@ def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
     """Sampling FLOPs per image: the guided UNet pass (conditional + unconditional) times the DDIM steps."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from t2i_helpers.bench import bench_train
+    from t2i_helpers.cli.bench_train import bench_train
     from t2i_helpers.models import build_model, default_config
 
     monkeypatch.setenv("T2I_SMOKE", "1")
@@ -270,13 +271,13 @@ def test_bench_train_counts_the_flops_of_guided_sampling(monkeypatch):
 
 @needs_cxx
 def test_bench_train_compiled_times_a_compiled_step_and_counts_the_same_flops(monkeypatch, compiled):
-    from t2i_helpers.bench import bench_train
+    from t2i_helpers.cli.bench_train import bench_train
 
     monkeypatch.setenv("T2I_SMOKE", "1")
     eager = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu")
     assert compiled == [] and eager["compiled"] == {"train": False, "sample": False}
     result = bench_train("baseline", steps=3, batch_size=4, shapes_images=20, device="cpu", compile=True)
-    assert len(compiled) == 1 and type(compiled[0]).__name__ == "_Losses"
+    assert len(compiled) == 1 and type(compiled[0]).__name__ == "LossModule"
     assert result["compiled"] == {"train": True, "sample": False}  # only the diffusion UNet is compiled to sample
     # The FLOPs are counted on the eager step (a compiled kernel is invisible to the counter), so they agree.
     assert result["train_gflop_per_image"] == pytest.approx(eager["train_gflop_per_image"], rel=1e-6)
@@ -286,8 +287,8 @@ def test_bench_train_compiled_times_a_compiled_step_and_counts_the_same_flops(mo
 def test_bench_train_compiled_diffusion_samples_with_its_unet_compiled(monkeypatch):
     """The wiring only (compiling the smoke UNet takes minutes on a CPU): the loss computation goes to
     torch.compile, the UNet is compiled in place before the sampling warm-up, and sampling uses it."""
-    from t2i_helpers.bench import bench_train
-    from t2i_helpers.models.diffusion import UNet
+    from t2i_helpers.cli.bench_train import bench_train
+    from t2i_helpers.models.unet import UNet
 
     monkeypatch.setenv("T2I_SMOKE", "1")
     events = []
@@ -299,14 +300,14 @@ def test_bench_train_compiled_diffusion_samples_with_its_unet_compiled(monkeypat
                          compile=True)
     assert result["compiled"] == {"train": True, "sample": True}
     first_compile = events.index("UNet")
-    assert events[0] == "_Losses" and "UNet" not in events[first_compile + 1:]
+    assert events[0] == "LossModule" and "UNet" not in events[first_compile + 1:]
     # after it: the warm-up (2 steps) and the timed run (2 steps), one guided forward pass each
     assert events[first_compile + 1:] == ["unet"] * 4
 
 
 def test_bench_train_runs_a_model_smaller_than_the_smallest_shapes_images(monkeypatch):
     """The smoke GAN works at 16 px; Shapes draws at 32 px or more, so the cache resizes for it."""
-    from t2i_helpers.bench import bench_train
+    from t2i_helpers.cli.bench_train import bench_train
     from t2i_helpers.data.shapes import MIN_IMAGE_SIZE
     from t2i_helpers.models import build_model, default_config
 
@@ -359,7 +360,7 @@ def test_ema_update_matches_the_per_tensor_formula():
 
 
 def test_optimizers_take_the_same_step_as_plain_adamw():
-    from t2i_helpers.train import build_optimizers
+    from t2i_helpers.train.state import build_optimizers
 
     torch.manual_seed(0)
     model = TextToImageModel(TINY, text_dim=8)
@@ -377,7 +378,7 @@ def test_optimizers_take_the_same_step_as_plain_adamw():
 
 
 def test_window_rates_split_steps_into_equal_windows():
-    from t2i_helpers.bench import window_rates
+    from t2i_helpers.cli.bench import window_rates
 
     # 10 steps in 5 windows of 2: window times 0.2, 0.4, 0.1, 1.0, 0.2 s -> 10, 5, 20, 2, 10 steps/s.
     times = [0.1, 0.1, 0.2, 0.2, 0.05, 0.05, 0.5, 0.5, 0.1, 0.1]
@@ -469,9 +470,10 @@ def test_nan_between_log_lines_names_its_step_and_no_checkpoint_holds_it(shapes,
 @pytest.mark.parametrize("family", ["baseline", "gan", "diffusion"])
 def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family, monkeypatch):
     """On a GPU every such read (float, item, bool, tolist) makes the CPU wait for the queued work."""
-    from t2i_helpers.data.cache import CachedLoader
+    from t2i_helpers.data.loader import CachedLoader
     from t2i_helpers.models import build_model
-    from t2i_helpers.train import _Losses, optimisation_step, prepare_data, text_config_for
+    from t2i_helpers.train import prepare_data, text_config_for
+    from t2i_helpers.train.step import LossModule, Optimiser, optimisation_step
 
     config = _small_config(family)
     uses_tokens = family == "diffusion"
@@ -490,8 +492,8 @@ def test_a_training_step_never_reads_a_value_back_from_the_device(shapes, family
 
     for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, refuse)
-    losses = optimisation_step(_Losses(model), batch, optimizers, model.param_groups(), scaler, torch.device("cpu"),
-                               "fp32", 1.0, lr, 1)
+    opt = Optimiser(optimizers, model.param_groups(), scaler, torch.device("cpu"), "fp32", 1.0)
+    losses = optimisation_step(LossModule(model), batch, opt, lr)
     monkeypatch.undo()
     assert all(isinstance(v, torch.Tensor) for v in losses.values()) and ("loss" in losses or "d_loss" in losses)
 
@@ -513,7 +515,7 @@ def test_fast_gpu_kernels_are_switched_on_for_cuda_only():
 
 
 def test_cuda_out_of_memory_ends_with_one_line_naming_a_batch_size_to_try(shapes, tmp_path, monkeypatch):
-    import t2i_helpers.train as engine
+    import t2i_helpers.train.engine as engine
 
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -526,7 +528,7 @@ def test_cuda_out_of_memory_ends_with_one_line_naming_a_batch_size_to_try(shapes
 
 
 def test_lr_factor_warms_up_holds_then_decays_to_zero_at_the_schedule_end():
-    from t2i_helpers.train import lr_factor
+    from t2i_helpers.train.state import lr_factor
 
     config = TrainConfig(steps=100, warmup_steps=10, decay_steps=20)
     factors = [lr_factor(step, config) for step in range(100)]

@@ -9,12 +9,23 @@ import numpy as np
 import torch
 from PIL import Image
 
-from t2i_helpers.viz import image_grid, image_rows, plot_curves, save_figure, to_uint8
+from t2i_helpers.data.images import to_pixels, to_float, to_uint8
+from t2i_helpers.viz import image_grid, image_rows, plot_curves, save_figure
 
 
-def test_to_uint8_maps_minus_one_to_zero_and_one_to_255():
+def test_to_pixels_maps_minus_one_to_zero_and_one_to_255():
     images = torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 1, 2, 2).expand(1, 3, 2, 2)
-    assert to_uint8(images)[0, :, :, 0].tolist() == [[0, 128], [255, 255]]
+    assert to_pixels(images)[0, :, :, 0].tolist() == [[0, 128], [255, 255]]
+
+
+def test_the_converter_round_trips_uint8_in_either_layout():
+    pixels = torch.randint(0, 256, (2, 5, 4, 3), dtype=torch.uint8)
+    images = to_float(pixels.numpy())  # [N, H, W, 3] numpy -> [N, 3, H, W] float in [-1, 1]
+    assert images.shape == (2, 3, 5, 4) and images.min() >= -1 and images.max() <= 1
+    torch.testing.assert_close(images, pixels.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert torch.equal(to_uint8(images), pixels.permute(0, 3, 1, 2))
+    assert torch.equal(to_float(pixels.permute(0, 3, 1, 2)), images)  # channels-first uint8 too
+    assert np.array_equal(to_pixels(images), pixels.numpy())
 
 
 def test_image_grid_places_each_image_in_its_cell():

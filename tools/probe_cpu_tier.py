@@ -19,10 +19,12 @@ import torch
 
 from t2i_helpers.config import data_dir, runs_dir
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-from t2i_helpers.metrics import describe_errors, evaluate_run, load_eval_data
+from t2i_helpers.data.evalset import load_eval_data
+from t2i_helpers.evaluation.evaluate import evaluate_run
+from t2i_helpers.metrics import describe_errors
 from t2i_helpers.models import model_classes
-from t2i_helpers.curve import background_level
-from t2i_helpers.models.classifier import uint8_to_float
+from t2i_helpers.cli.curve import background_level
+from t2i_helpers.data.images import to_float
 from t2i_helpers.train import TrainConfig, load_run, train
 
 
@@ -70,7 +72,7 @@ def main() -> None:
     eval_s = time.perf_counter() - start
     val = load_eval_data(shapes.images_dir, shapes.val_json, image_size=run.model_config.image_size)
     generated = run.generate(val.captions[:200], seed=1, **options)  # [-1, 1], as background_level wants
-    real = uint8_to_float(val.images)
+    real = to_float(val.images)
     acc = report["attribute_accuracy"]
     result = {
         "name": args.name, "family": args.family, "config": json.loads(args.config), "minutes": args.minutes,

@@ -19,6 +19,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import tempfile
 import urllib.error
@@ -27,6 +28,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from t2i_helpers.config import coco_mini_dir, data_dir, smoke
 from t2i_helpers.errors import DatasetError
@@ -53,6 +56,45 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open(url: str, have: int, expected_size: int | None, timeout: float):
+    """The HTTP response for the bytes from ``have`` on (a Range request), or None when none are left."""
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and have and (expected_size is None or have == expected_size):
+            return None  # the .part file is already complete
+        raise DatasetError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise DatasetError(f"{url}: cannot connect ({reason}); check the internet connection") from None
+
+
+def _append(response, url: str, part: Path, have: int, expected_size: int | None, progress: bool,
+            name: str) -> int | None:
+    """Write the response's bytes after the ``have`` already in ``part``; the size the file should reach."""
+    with response:
+        if getattr(response, "status", 200) != 206:  # the server ignored Range: start again from byte 0
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else expected_size
+        if expected_size is not None and total is not None and total != expected_size:
+            raise DatasetError(f"{url}: server announces {total} bytes, expected {expected_size}")
+        with open(part, "ab" if have else "wb") as f, tqdm(
+            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+            desc=name, disable=not progress, leave=False,
+        ) as bar:
+            try:
+                for block in iter(lambda: response.read(CHUNK), b""):
+                    f.write(block)
+                    bar.update(len(block))
+            except (OSError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
+                raise DatasetError(f"{url}: download interrupted ({err}); run again to resume from {part}") from None
+    return expected_size if expected_size is not None else total
+
+
 def download_file(
     url: str,
     dest: str | os.PathLike,
@@ -68,8 +110,6 @@ def download_file(
     bad ``.part`` file; a connection that ends early keeps it, so the next call resumes.
     An existing ``dest`` is trusted if its size matches (or no size is known).
     """
-    from tqdm.auto import tqdm
-
     dest = Path(dest)
     if dest.is_file() and (expected_size is None or dest.stat().st_size == expected_size):
         return dest
@@ -80,40 +120,9 @@ def download_file(
         part.unlink()
         have = 0
 
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have and (expected_size is None or have == expected_size):
-            response = None  # the .part file is already complete
-        else:
-            raise DatasetError(f"{url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise DatasetError(f"{url}: cannot connect ({reason}); check the internet connection") from None
-
+    response = _open(url, have, expected_size, timeout)
     if response is not None:
-        with response:
-            status = getattr(response, "status", 200)
-            if status != 206:  # the server ignored Range: start again from byte 0
-                have = 0
-            length = response.headers.get("Content-Length")
-            total = have + int(length) if length is not None else expected_size
-            if expected_size is not None and total is not None and total != expected_size:
-                raise DatasetError(f"{url}: server announces {total} bytes, expected {expected_size}")
-            with open(part, "ab" if have else "wb") as f, tqdm(
-                total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=dest.name, disable=not progress, leave=False,
-            ) as bar:
-                try:
-                    for block in iter(lambda: response.read(CHUNK), b""):
-                        f.write(block)
-                        bar.update(len(block))
-                except (OSError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
-                    raise DatasetError(f"{url}: download interrupted ({err}); run again to resume from {part}") from None
-        expected_size = expected_size if expected_size is not None else total
+        expected_size = _append(response, url, part, have, expected_size, progress, dest.name)
 
     got = part.stat().st_size
     if expected_size is not None and got != expected_size:
@@ -154,8 +163,6 @@ def _extract_members(archive: Path, members: list[str], out_dir: Path) -> None:
 
 def _extract_all(archive: Path, out_dir: Path, progress: bool) -> None:
     """Unzip an image archive into ``out_dir`` via a temporary folder renamed at the end."""
-    from tqdm.auto import tqdm
-
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -229,8 +236,6 @@ def download_coco(
     def fetch(entry: dict) -> None:
         download_file(entry["coco_url"], image_root / entry["file_name"], progress=False)
 
-    from tqdm.auto import tqdm
-
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in tqdm(pool.map(fetch, entries), total=len(entries), desc=f"{split} images", disable=not progress):
             pass
@@ -248,8 +253,6 @@ def annotations_for(root: str | os.PathLike, split: str) -> Path:
     would list every image of the split (the loader would skip and count the rest as missing); this
     returns ``captions_{split}_first{N}.json`` instead (the largest N whose images are all present).
     """
-    import re
-
     root = Path(root)
     ann_dir, image_root = root / "annotations", root / split
     full = ann_dir / f"captions_{split}.json"

@@ -1,37 +1,39 @@
-"""Model families, one file each; ``MODELS`` maps the CLI's ``--model`` name to (config class, model class)."""
+"""The generators, one file each; :data:`FAMILIES` maps the CLI's ``--model`` name to (config class, model class).
+
+* :mod:`~t2i_helpers.models.baseline`: the reference's regression decoder (MSE: the conditional mean);
+* :mod:`~t2i_helpers.models.gan`: a conditional GAN (matching-aware hinge loss, MA-GP, DiffAugment);
+* :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance.
+"""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
-from .base import Batch, T2IModel
+from t2i_helpers.config import tier_config
+from t2i_helpers.models import reference
+from t2i_helpers.models.base import T2IModel
+from t2i_helpers.models.baseline import BaselineConfig, ImageDecoder, TextToImageModel
+from t2i_helpers.models.diffusion import DiffusionConfig, TextDiffusion, alpha_bar, alpha_sigma
+from t2i_helpers.models.gan import ConditionalGAN, GANConfig, diff_augment, ma_gp, matching_aware_hinge
 
-# name -> (module, config class, model class); imported lazily so a missing family never breaks the rest.
-_FAMILIES = {
-    "baseline": ("baseline", "BaselineConfig", "TextToImageModel"),
-    "gan": ("gan", "GANConfig", "ConditionalGAN"),
-    "diffusion": ("diffusion", "DiffusionConfig", "TextDiffusion"),
+FAMILIES: dict[str, tuple[type, type]] = {
+    "baseline": (BaselineConfig, TextToImageModel),
+    "gan": (GANConfig, ConditionalGAN),
+    "diffusion": (DiffusionConfig, TextDiffusion),
 }
-
-FAMILY_NAMES = tuple(_FAMILIES)
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 def model_classes(family: str) -> tuple[type, type]:
     """(config class, model class) of a family, e.g. ``model_classes("gan")``."""
-    if family not in _FAMILIES:
-        raise ValueError(f"unknown model {family!r}; choose one of {', '.join(_FAMILIES)}")
-    module_name, config_name, model_name = _FAMILIES[family]
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    return getattr(module, config_name), getattr(module, model_name)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model {family!r}; choose one of {', '.join(FAMILIES)}")
+    return FAMILIES[family]
 
 
 def default_config(family: str, tier: str | None = None) -> Any:
-    """The family's config for a tier (default: the current one): ``smoke()``, ``cpu()`` or the full one."""
-    from ..config import by_tier
-
-    config_cls, _ = model_classes(family)
-    return by_tier(config_cls.smoke, config_cls.cpu, config_cls, tier)()
+    """The family's config for a tier (default: the current one): ``smoke()``, ``cpu()`` or the 64 px one."""
+    return tier_config(model_classes(family)[0], tier)
 
 
 def config_from_dict(family: str, values: dict) -> Any:
@@ -48,10 +50,14 @@ def config_from_dict(family: str, values: dict) -> Any:
 
 
 def build_model(family: str, config: Any | None, text_dim: int) -> T2IModel:
-    config_cls, model_cls = model_classes(family)
+    """A new model of ``family`` for ``text_dim``-wide caption vectors; a dict config is read as JSON."""
+    _, model_cls = model_classes(family)
     if isinstance(config, dict):
         config = config_from_dict(family, config)
     return model_cls(config if config is not None else default_config(family), text_dim)
 
 
-__all__ = ["Batch", "T2IModel", "FAMILY_NAMES", "model_classes", "default_config", "config_from_dict", "build_model"]
+__all__ = ["T2IModel", "FAMILIES", "FAMILY_NAMES", "model_classes", "default_config", "config_from_dict",
+           "build_model", "reference", "BaselineConfig", "ImageDecoder", "TextToImageModel", "GANConfig",
+           "ConditionalGAN", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
+           "alpha_bar", "alpha_sigma"]

@@ -1,36 +1,25 @@
 """What every model family shares: the batch it trains on and the small interface the engine calls.
 
 A model never runs the text encoder inside a training step: captions are encoded once (and cached),
-and a :class:`Batch` carries their embeddings. The engine (:mod:`t2i_helpers.train`) only needs
+and a :class:`~t2i_helpers.data.batch.Batch` carries their embeddings. The engine (:mod:`t2i_helpers.train`) only needs
 three things from a model, so GANs, diffusion and the regression baseline share one loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from t2i_helpers.data.batch import Batch
 
-@dataclass
-class Batch:
-    """One training batch: images in [-1, 1] and the embeddings of one caption per image."""
 
-    images: Tensor  # [B, 3, H, W] float, in [-1, 1]
-    text: Tensor  # [B, D] pooled caption embedding (mean over real tokens by default)
-    tokens: Tensor | None = None  # [B, L, D] token states, for models that attend to words
-    token_mask: Tensor | None = None  # [B, L] bool, True on real (non-padding) tokens
-    caption_ids: Tensor | None = None  # [B] row of each caption in the caption table
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            moved[f.name] = value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
-        return replace(self, **moved)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
+def training_images(batch: Batch, size: int, dtype: torch.dtype) -> Tensor:
+    """The batch's images at the model's ``size`` and ``dtype``: a cache built at another size (64 px
+    data for a 32 px model) is resized here, so one data cache serves every model size."""
+    images = batch.images.to(dtype)
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return images
 
 
 class T2IModel(nn.Module):

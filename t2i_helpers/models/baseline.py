@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Batch, T2IModel
+from t2i_helpers.data.batch import Batch
+from t2i_helpers.models.base import T2IModel
 
 
 @dataclass

@@ -23,8 +23,7 @@ Phases for the training engine: ``"d"`` (discriminator step) then ``"g"`` (gener
 
 Parameter counts with a 384-d text encoder (checked in ``tests/test_gan.py``):
 ``GANConfig()`` (64 px) G 4.3 M + D 3.4 M; ``GANConfig.smoke()`` (16 px) G 0.04 M + D 0.02 M.
-Width: 32 channels, as DF-GAN's own configs (``nf: 32`` for birds and COCO, at 256 px); 64 would cost
-four times the FLOPs (42.5 instead of 10.7 GFLOP per training image at 64 px, torch's counter).
+Width: 32 channels, as DF-GAN's own configs (``nf: 32`` for birds and COCO, at 256 px).
 """
 from __future__ import annotations
 
@@ -34,8 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import T2IError
-from .base import Batch, T2IModel
+from t2i_helpers.data.batch import Batch
+from t2i_helpers.errors import T2IError
+from t2i_helpers.models.base import T2IModel, training_images
+from t2i_helpers.models.diffaugment import diff_augment
 
 SUPPORTED_SIZES = (16, 32, 64, 128)
 
@@ -59,14 +60,9 @@ class GANConfig:
 
     @classmethod
     def smoke(cls) -> "GANConfig":
-        """A tiny CPU variant: a smoke run only checks that training runs, so it is sized for speed.
-
-        16 px: at 32 px the 32x32 layers' thin convolutions (4-8 channels, which vectorise badly on a
-        CPU) took half of every step, and the smoke GAN trained at 16-19 steps/s on one core against a
-        goal of 20; at 16 px it does 30-35 (measured on the course's 2-core VM; the unit tests cover
-        32-128 px). MA-GP is off: its second-order gradient makes a D step about twice as slow (the
-        tests cover MA-GP).
-        """
+        """A tiny CPU variant sized for speed (a smoke run only checks that training runs): 16 px, where
+        thin convolutions vectorise badly, and MA-GP off (its second-order gradient doubles a D step).
+        The unit tests cover 32-128 px and MA-GP."""
         return cls(image_size=16, noise_dim=16, gen_channels=4, disc_channels=4, disc_text_dim=32, ma_gp_weight=0.0)
 
     @classmethod
@@ -85,73 +81,6 @@ def _num_blocks(image_size: int) -> int:
     if image_size not in SUPPORTED_SIZES:
         raise T2IError(f"GANConfig.image_size must be one of {SUPPORTED_SIZES}, got {image_size}")
     return image_size.bit_length() - 1 - 2  # log2(image_size) - log2(4) = number of x2 blocks
-
-
-# --------------------------------------------------------------------------------------------------
-# DiffAugment: the same random, differentiable augmentation on every image D sees (real and fake).
-# --------------------------------------------------------------------------------------------------
-# Why it helps: with a few thousand images the discriminator can memorise the real set; its
-# outputs on real images saturate, its gradients to G stop carrying information and training
-# collapses. Augmenting only the real images would teach G to draw augmented images, so DiffAugment
-# augments *both* real and fake images, and does it with differentiable operations so G still gets
-# gradients through the augmentation. D then never sees the same real image twice.
-
-def rand_brightness(x: Tensor) -> Tensor:
-    return x + (torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) - 0.5)
-
-
-def rand_saturation(x: Tensor) -> Tensor:
-    mean = x.mean(dim=1, keepdim=True)  # per-pixel grey value
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) * 2) + mean
-
-
-def rand_contrast(x: Tensor) -> Tensor:
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # per-image mean
-    return (x - mean) * (torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype) + 0.5) + mean
-
-
-def rand_translation(x: Tensor, ratio: float = 0.125) -> Tensor:
-    """Shift each image by up to ``ratio`` of its size, filling with zeros (mid grey in [-1, 1])."""
-    b, _, h, w = x.shape
-    max_dy, max_dx = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    dy = torch.randint(-max_dy, max_dy + 1, (b, 1, 1), device=x.device)
-    dx = torch.randint(-max_dx, max_dx + 1, (b, 1, 1), device=x.device)
-    padded = F.pad(x, (max_dx, max_dx, max_dy, max_dy))
-    # Output pixel (i, j) of image n reads padded pixel (i + max_dy - dy, j + max_dx - dx): a gather,
-    # so gradients flow back to the pixels that were moved.
-    rows = torch.arange(h, device=x.device).view(1, h, 1) + max_dy - dy  # [B, H, 1]
-    cols = torch.arange(w, device=x.device).view(1, 1, w) + max_dx - dx  # [B, 1, W]
-    batch = torch.arange(b, device=x.device).view(b, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
-
-
-def rand_cutout(x: Tensor, ratio: float = 0.5) -> Tensor:
-    """Zero a random square of ``ratio`` times the image size in each image."""
-    b, _, h, w = x.shape
-    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    top = torch.randint(0, h, (b, 1, 1), device=x.device) - ch // 2
-    left = torch.randint(0, w, (b, 1, 1), device=x.device) - cw // 2
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = (ys >= top) & (ys < top + ch) & (xs >= left) & (xs < left + cw)  # [B, H, W]
-    return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-AUGMENTATIONS = {
-    "color": (rand_brightness, rand_saturation, rand_contrast),
-    "translation": (rand_translation,),
-    "cutout": (rand_cutout,),
-}
-
-
-def diff_augment(x: Tensor, policy: str = "color,translation,cutout") -> Tensor:
-    """Apply the augmentations named in ``policy`` (comma-separated keys of ``AUGMENTATIONS``)."""
-    for name in filter(None, (p.strip() for p in policy.split(","))):
-        if name not in AUGMENTATIONS:
-            raise T2IError(f"unknown DiffAugment policy {name!r}; choose from {', '.join(AUGMENTATIONS)}")
-        for fn in AUGMENTATIONS[name]:
-            x = fn(x)
-    return x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -398,15 +327,6 @@ class ConditionalGAN(T2IModel):
                 outside = z.abs() > truncation
         return z.to(device)
 
-    def _images(self, batch: Batch) -> Tensor:
-        size = self.config.image_size
-        images = batch.images.to(self.generator.fc.weight.dtype)
-        if images.shape[-2:] != (size, size):
-            # A cache built at another size (e.g. 64 px data for the 16 px smoke model): resize, so
-            # one data cache serves every model size.
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return images
-
     def training_losses(self, batch: Batch, phase: str = "d") -> dict[str, Tensor]:
         if phase == "d":
             return self._discriminator_losses(batch)
@@ -422,7 +342,7 @@ class ConditionalGAN(T2IModel):
             fake = self.generator(self.sample_noise(b), text)
 
         # Every image D sees goes through the same augmentation policy, real and fake alike.
-        real = diff_augment(self._images(batch), cfg.diffaug_policy)
+        real = diff_augment(training_images(batch, cfg.image_size, self.generator.fc.weight.dtype), cfg.diffaug_policy)
         fake = diff_augment(fake, cfg.diffaug_policy)
         use_gp = cfg.ma_gp_weight > 0
         if use_gp:  # MA-GP differentiates D's output with respect to its inputs (as D sees them)

@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
+from scipy import stats
 
+from t2i_helpers.data.images import to_pixels
 from t2i_helpers.errors import T2IError
 from t2i_helpers.files import atomic_path
 
@@ -72,16 +75,12 @@ def append_rating(csv_path: str | os.PathLike, row: dict) -> None:
 
 def _png_bytes(image: Any, display_size: int = 256) -> bytes:
     """PNG of an image: tensor/array [3, H, W] in [-1, 1], uint8 [H, W, 3], or a file path."""
-    from PIL import Image
-
     if isinstance(image, (str, os.PathLike)):
         pil = Image.open(image).convert("RGB")
     else:
         a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
-        if a.dtype != np.uint8:
-            a = ((np.clip(a, -1, 1) + 1) * 127.5).round().astype(np.uint8)
-        if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
-            a = a.transpose(1, 2, 0)
+        if a.dtype != np.uint8 or (a.shape[0] == 3 and a.shape[-1] != 3):
+            a = to_pixels(a[None])[0]  # float in [-1, 1] or channels-first -> uint8 [H, W, 3]
         pil = Image.fromarray(a, mode="RGB")
     if pil.width < display_size:  # small generated images: enlarge without smoothing
         pil = pil.resize((display_size, display_size * pil.height // pil.width), Image.Resampling.NEAREST)
@@ -204,8 +203,6 @@ class RatingPanel:
 
 def _mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and the two ends of its Student-t confidence interval (NaN ends for fewer than 2 values)."""
-    from scipy import stats
-
     a = np.asarray(values, dtype=float)
     mean = float(a.mean())
     if len(a) < 2:

@@ -17,25 +17,26 @@ are comparable only between models evaluated with the same contrastive checkpoin
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import pickle
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2i_helpers.config import data_dir, pick
+from t2i_helpers.config import tier_config
+from t2i_helpers.data.evalset import load_eval_data, unique_captions
+from t2i_helpers.data.images import to_float
 from t2i_helpers.errors import T2IError
-from t2i_helpers.files import atomic_torch_save
+from t2i_helpers.files import file_digest
+from t2i_helpers.judges.fitting import (cache_path, fit, load_or_train, read_judge, save_judge, sibling_split,
+                                        weights_digest)
+from t2i_helpers.metrics import r_precision
 
 
 @dataclass
@@ -55,16 +56,6 @@ class ClipConfig:
     @classmethod
     def smoke(cls) -> "ClipConfig":
         return cls(steps=200, batch_size=64)
-
-
-def _to_float_images(images: np.ndarray | Tensor) -> Tensor:
-    """uint8 [N, H, W, 3] / [N, 3, H, W] or float [-1, 1] [N, 3, H, W] -> float [N, 3, H, W] in [-1, 1]."""
-    x = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
-    if x.dtype == torch.uint8:
-        if x.shape[-1] == 3 and x.shape[1] != 3:
-            x = x.permute(0, 3, 1, 2)
-        return x.float() / 127.5 - 1.0
-    return x.float()
 
 
 class ContrastiveModel(nn.Module):
@@ -90,15 +81,11 @@ class ContrastiveModel(nn.Module):
 
     @property
     def name(self) -> str:
-        h = hashlib.sha1()
-        for key, tensor in sorted(self.state_dict().items()):
-            h.update(key.encode())
-            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return f"clip-style-{self.config.embed_dim}d-{h.hexdigest()[:10]}"
+        return f"clip-style-{self.config.embed_dim}d-{weights_digest(self)}"
 
     def image_features(self, images: np.ndarray | Tensor) -> Tensor:
         """Unnormalised image embeddings [B, embed_dim]."""
-        x = _to_float_images(images).to(self.logit_scale.device)
+        x = to_float(images).to(self.logit_scale.device)
         size = self.config.input_size
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -167,10 +154,8 @@ def real_r_precision(model: ContrastiveModel, images: np.ndarray | Tensor, capti
 
     Every caption row is one query: its image ranks the caption's text among 100 distinct captions.
     """
-    from t2i_helpers.metrics import _unique_rows, r_precision
-
     model.eval()
-    unique, inverse = _unique_rows(captions)
+    unique, inverse = unique_captions(captions)
     first = np.unique(inverse, return_index=True)[1]
     caption_image = np.asarray(caption_image)
     img = torch.cat([model.encode_images(images[i:i + 256]) for i in range(0, len(images), 256)])
@@ -192,7 +177,7 @@ def train_clip(
 
     Each step draws ``batch_size`` captions at random with their images.
     """
-    config = config or pick(ClipConfig(), ClipConfig.smoke())
+    config = config or tier_config(ClipConfig)
     pooled = torch.as_tensor(pooled).float()
     caption_image = torch.as_tensor(np.asarray(caption_image), dtype=torch.long)
     if len(caption_image) != len(pooled):
@@ -202,32 +187,21 @@ def train_clip(
     model = ContrastiveModel(pooled.shape[1], config).to(device)
     with torch.no_grad():  # resize once: the loop only indexes
         size = config.input_size
-        x_all = _to_float_images(images)
+        x_all = to_float(images)
         if x_all.shape[-2:] != (size, size):
             x_all = F.interpolate(x_all, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    x_all, text_all = x_all.to(device), pooled.to(device)
+    x_all, text_all, image_of = x_all.to(device), pooled.to(device), caption_image.to(device)
     # identical captions (same embedding) share one key: they are not negatives of each other
     keys = torch.unique(pooled, dim=0, return_inverse=True)[1].to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(config.steps, 1))
     generator = torch.Generator().manual_seed(config.seed)
-    start = time.perf_counter()
-    model.train()
-    loss = torch.zeros(())
-    for step in range(config.steps):
+
+    def batch_loss(step: int) -> Tensor:
         rows = torch.randint(len(pooled), (min(config.batch_size, len(pooled)),), generator=generator).to(device)
-        logits = model(x_all[caption_image.to(device)[rows]], text_all[rows])
-        loss = clip_loss(logits, _same_caption_targets(keys[rows]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if verbose and (step + 1) % 100 == 0:
-            print(f"clip step {step + 1}/{config.steps}: loss {loss.item():.4f}, "
-                  f"scale {model.scale().item():.1f}", flush=True)
-    model.eval()
+        return clip_loss(model(x_all[image_of[rows]], text_all[rows]), _same_caption_targets(keys[rows]))
+
+    final_loss, seconds = fit(model, model.parameters(), batch_loss, config.steps, config.lr, "clip", verbose)
     report = {"train_images": int(len(images)), "train_captions": int(len(pooled)), "steps": config.steps,
-              "seconds": round(time.perf_counter() - start, 2), "final_loss": float(loss.item()),
+              "seconds": round(seconds, 2), "final_loss": final_loss,
               "temperature": float(1 / model.scale().item())}
     return model.cpu(), report
 
@@ -248,25 +222,19 @@ def best_captions(model: ContrastiveModel, images: np.ndarray | Tensor, caption_
 # ------------------------------------------------------------------------------------ save and load
 def save_clip(model: ContrastiveModel, path: str | os.PathLike, report: dict | None = None) -> Path:
     """Atomic save (temp file + ``os.replace``): weights, text_dim, JSON config and report."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"state_dict": model.state_dict(), "text_dim": model.text_dim,
-               "config": json.dumps(asdict(model.config)), "report": json.dumps(report or {})}
-    return atomic_torch_save(payload, path)
+    return save_judge({"state_dict": model.state_dict(), "text_dim": model.text_dim,
+                       "config": json.dumps(asdict(model.config)), "report": json.dumps(report or {})}, path)
+
+
+def _build(payload: dict) -> ContrastiveModel:
+    values = json.loads(payload["config"])
+    values["channels"] = tuple(values["channels"])
+    return ContrastiveModel(int(payload["text_dim"]), ClipConfig(**values))
 
 
 def load_clip(path: str | os.PathLike) -> tuple[ContrastiveModel, dict]:
     """Load what :func:`save_clip` wrote (``weights_only=True``)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        values = json.loads(payload["config"])
-        values["channels"] = tuple(values["channels"])
-        model = ContrastiveModel(int(payload["text_dim"]), ClipConfig(**values))
-        model.load_state_dict(payload["state_dict"])
-    except (OSError, KeyError, RuntimeError, ValueError, TypeError, EOFError, pickle.UnpicklingError) as exc:
-        first_line = (str(exc).splitlines() or [""])[0][:120]
-        raise T2IError(f"cannot read contrastive model {path}: {type(exc).__name__}: {first_line}") from None
-    return model.eval(), json.loads(payload["report"])
+    return read_judge(path, "contrastive model", _build)
 
 
 def load_or_train_clip(
@@ -287,28 +255,21 @@ def load_or_train_clip(
     ``text_model`` names the encoder in the cache key. With a sibling val file the report adds
     ``val_r_precision``: R-precision of the real val images (the ceiling for generated ones).
     """
-    from t2i_helpers.metrics import _file_digest, load_eval_data
-    from t2i_helpers.models.classifier import _sibling
-
     ann_file = Path(ann_file)
-    config = config or pick(ClipConfig(), ClipConfig.smoke())
-    key_src = json.dumps({"ann": _file_digest(ann_file), "text": text_model, "size": image_size,
-                          "config": asdict(config)}, sort_keys=True)
-    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
-    path = (Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "clip") / f"clip-{key}.pt"
-    if path.exists():
-        model, report = load_clip(path)
-        report["from_cache"] = True
+    config = config or tier_config(ClipConfig)
+    key = {"ann": file_digest(ann_file), "text": text_model, "size": image_size, "config": asdict(config)}
+    path = cache_path("clip", key, cache_dir, "clip")
+
+    def train() -> tuple[ContrastiveModel, dict]:
+        data = load_eval_data(image_root, ann_file, image_size=image_size)
+        model, report = train_clip(data.images, data.caption_image, encode(data.captions), config,
+                                   device=device, verbose=verbose)
+        val_ann = sibling_split(ann_file, "val")
+        if val_ann is not None and val_ann != ann_file:
+            val = load_eval_data(image_root, val_ann, image_size=image_size)
+            report["val_r_precision"] = real_r_precision(model, val.images, val.captions, encode(val.captions),
+                                                         val.caption_image)
+        report.update(text_model=text_model, ann_file=str(ann_file))
         return model, report
-    train = load_eval_data(image_root, ann_file, image_size=image_size)
-    model, report = train_clip(train.images, train.caption_image, encode(train.captions), config,
-                               device=device, verbose=verbose)
-    val_ann = _sibling(ann_file, "val")
-    if val_ann is not None and val_ann != ann_file:
-        val = load_eval_data(image_root, val_ann, image_size=image_size)
-        report["val_r_precision"] = real_r_precision(model, val.images, val.captions, encode(val.captions),
-                                                     val.caption_image)
-    report.update(text_model=text_model, ann_file=str(ann_file))
-    save_clip(model, path, report)
-    report["from_cache"] = False
-    return model, report
+
+    return load_or_train(path, load_clip, train, save_clip)

@@ -16,19 +16,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
+from safetensors.torch import load_file, save_file
 
-from .errors import TrainingError
-from .files import atomic_path, atomic_write_text
-from .models import build_model, config_from_dict
-from .train import CHECKPOINT, METRICS, LoadedRun, TrainConfig, load_run, pick_device, train
+from t2i_helpers.config import data_dir, tier_config
+from t2i_helpers.errors import TrainingError
+from t2i_helpers.files import atomic_path, atomic_write_text
+from t2i_helpers.models import build_model, config_from_dict
+from t2i_helpers.text import TextEncoderConfig
+from t2i_helpers.train.config import CHECKPOINT, METRICS, TrainConfig
+from t2i_helpers.train.device import pick_device
+from t2i_helpers.train.engine import train
+from t2i_helpers.train.run import LoadedRun, load_run
+from t2i_helpers.train.runfolder import read_checkpoint
 
-SHIPPED_ROOT = Path(__file__).parent / "checkpoints"
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 MAX_BYTES = 5 * 2**20  # what one shipped file may weigh (issue 16: at most 5 MB)
 # Weights shipped as trained rather than as their EMA (the EMA is what the sampler uses).
 AS_TRAINED = {"gan": ("discriminator.",)}
 # The command that made each shipped file (`python -m t2i_helpers ...`): the cpu-tier curve benchmark,
-# which trains for a fixed number of steps (t2i_helpers/curve.py), so it means the same on every machine.
+# which trains for a fixed number of steps (t2i_helpers/cli/curve.py), so it means the same on every machine.
 RECIPES = {family: f"bench curve --models {family} --seeds 0 --ship" for family in ("baseline", "gan", "diffusion")}
 
 
@@ -51,8 +57,6 @@ def read_sums(folder: Path) -> dict[str, str]:
 
 def portable_path(value: Any) -> Any:
     """A path under the data folder as ``<T2I_DATA>/...``; other values unchanged."""
-    from .config import data_dir
-
     try:
         return "<T2I_DATA>/" + Path(value).resolve().relative_to(data_dir().resolve()).as_posix()
     except (TypeError, ValueError):
@@ -64,37 +68,29 @@ def export_run(run_dir: str | Path, out_dir: str | Path, command: str = "") -> P
 
     Both files are written under temporary names and renamed into place; ``SHA256SUMS`` is updated.
     """
-    from safetensors.torch import save_file
-
-    run = load_run(run_dir, device="cpu")
-    out_dir = Path(out_dir)
-    as_trained = AS_TRAINED.get(run.family, ())
-    trained = load_run(run_dir, device="cpu", weights="model").model.state_dict() if as_trained else {}
-    state = {k: (trained[k] if k.startswith(as_trained) else v).detach() for k, v in run.model.state_dict().items()}
+    checkpoint = read_checkpoint(Path(run_dir) / CHECKPOINT)  # read once: EMA and trained weights, record
+    record = json.loads(checkpoint["config"])
+    family, out_dir = record["family"], Path(out_dir)
+    as_trained = AS_TRAINED.get(family, ())
+    state = {k: (checkpoint["model"][k] if k.startswith(as_trained) else v) for k, v in checkpoint["ema"].items()}
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    weights = out_dir / f"{run.family}.safetensors"
+    weights = out_dir / f"{family}.safetensors"
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp))
     if weights.stat().st_size > MAX_BYTES:
         raise TrainingError(f"{weights} is {weights.stat().st_size / 2**20:.1f} MiB, over the 5 MiB a shipped file may be")
-    checkpoint = torch.load(Path(run_dir) / CHECKPOINT, map_location="cpu", weights_only=True)
-    record = json.loads(checkpoint["config"]) | {"step": run.step, "command": command, "dtype": "float16",
-                                                 "as_trained": list(as_trained)}
+    record |= {"step": int(checkpoint["step"]), "command": command, "dtype": "float16", "as_trained": list(as_trained)}
     record["data"] = {k: portable_path(v) for k, v in record.get("data", {}).items()}  # no local folders
-    atomic_write_text(out_dir / f"{run.family}.json", json.dumps(record, indent=1))
-    metrics = out_dir / f"{run.family}.metrics.csv"  # the loss curves the notebooks plot
+    atomic_write_text(out_dir / f"{family}.json", json.dumps(record, indent=1))
+    metrics = out_dir / f"{family}.metrics.csv"  # the loss curves the notebooks plot
     atomic_write_text(metrics, (Path(run_dir) / METRICS).read_text())
-    sums = read_sums(out_dir) | {p.name: sha256(p) for p in (weights, out_dir / f"{run.family}.json", metrics)}
+    sums = read_sums(out_dir) | {p.name: sha256(p) for p in (weights, out_dir / f"{family}.json", metrics)}
     atomic_write_text(out_dir / "SHA256SUMS", "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
     return weights
 
 
 def load_shipped(family: str, tier: str = "cpu", device: str = "auto", folder: str | Path | None = None) -> LoadedRun:
     """The shipped ``family`` model of ``tier`` as a :class:`LoadedRun` (float32 weights)."""
-    from safetensors.torch import load_file
-
-    from .text import TextEncoderConfig
-
     folder = Path(folder) if folder is not None else shipped_dir(tier)
     weights, record_path = folder / f"{family}.safetensors", folder / f"{family}.json"
     for path in (weights, record_path, folder / f"{family}.metrics.csv"):
@@ -139,5 +135,6 @@ def load_or_train(family: str, image_root: Any, ann_file: Any, out_dir: str | Pa
         if (shipped_dir(tier) / f"{family}.safetensors").exists():
             print(f"{family}: loading the shipped {tier}-tier checkpoint (retrain=True trains your own)")
             return load_shipped(family, tier)
-    train(family, image_root, ann_file, out_dir, train_config or TrainConfig(), model_config, overwrite=retrain)
+    train(family, image_root, ann_file, out_dir, train_config or tier_config(TrainConfig, tier), model_config,
+          overwrite=retrain)
     return load_run(out_dir)

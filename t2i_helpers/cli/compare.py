@@ -12,43 +12,57 @@ and to a second figure, which shows whether a model peaked, or drifted, before i
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 
-from .config import pick
-from .errors import T2IError
-from .files import atomic_write_text
+from t2i_helpers.config import tier_config
+from t2i_helpers.data.evalset import load_eval_data
+from t2i_helpers.errors import T2IError
+from t2i_helpers.evaluation.evaluate import evaluate_run
+from t2i_helpers.files import atomic_write_text
+from t2i_helpers.judges.fitting import sibling_split
+from t2i_helpers.metrics import describe_errors
+from t2i_helpers.models import default_config
+from t2i_helpers.train import TrainConfig, load_run, train
+from t2i_helpers.viz import image_rows, plot_curves, save_figure
 
 ATTRIBUTES = ("color", "shape", "size", "position")
 
 
 @dataclass
 class CompareConfig:
-    """What to compare and how long each model may train."""
+    """What to compare and how long each model may train (defaults: the cpu and gpu tiers; ``smoke()`` for CI)."""
 
     families: tuple[str, ...] = ("baseline", "gan", "diffusion")
-    minutes: float = field(default_factory=lambda: pick(10.0, 0.1))  # training time per model
+    minutes: float = 10.0  # training time per model
     minutes_by_model: dict[str, float] = field(default_factory=dict)  # overrides, e.g. {"diffusion": 6.0}
-    max_steps: int = field(default_factory=lambda: pick(1_000_000, 30))  # upper bound; the budget stops first
+    max_steps: int = 1_000_000  # upper bound; the budget stops first
     batch_size: int | None = None  # None: the engine's default (128 on a GPU run)
-    eval_captions: int = field(default_factory=lambda: pick(1000, 32))  # generated images scored per model
+    eval_captions: int = 1000  # generated images scored per model
     guidance: float = 3.0  # diffusion: classifier-free guidance for every image scored and shown
     sample_steps: int = 25  # diffusion: DDIM steps
     grid_captions: int = 8
     # A learning curve: the budget is trained in this many equal slices (a checkpoint and a resume in
     # between, which continue the run exactly), each scored on ``curve_captions`` val captions; 1 = only
     # the final score. Shows whether a model is still improving at the end or peaked (or drifts) earlier.
-    curve_points: int = field(default_factory=lambda: pick(4, 2))
-    curve_captions: int = field(default_factory=lambda: pick(500, 16))
-    fid: str = "proxy"  # "inception" needs the Inception weights (see metrics.inception_network)
+    curve_points: int = 4
+    curve_captions: int = 500
+    fid: str = "proxy"  # "inception" needs the Inception weights (see evaluation.inception)
     inception_weights: str | None = None
     text_model: str = "all-MiniLM-L6-v2"
     seed: int = 0
     device: str = "auto"
+
+    @classmethod
+    def smoke(cls) -> "CompareConfig":
+        """Seconds per model: 6 s of training (at most 30 steps), 32 captions scored, two curve points."""
+        return cls(minutes=0.1, max_steps=30, eval_captions=32, curve_points=2, curve_captions=16)
 
 
 @dataclass
@@ -83,15 +97,12 @@ def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, co
                score: Callable[[], dict[str, Any]]) -> dict:
     """Train ``family`` for its budget in ``config.curve_points`` slices, calling ``score()`` after every
     slice but the last (the caller scores the finished run in full); the summary holds the curve."""
-    from .models import default_config
-    from .train import TrainConfig, train
-
     model_config = default_config(family)
     minutes = config.minutes_by_model.get(family, config.minutes)
     slices = config.curve_points
-    train_config = TrainConfig(steps=config.max_steps, max_minutes=minutes / slices, seed=config.seed,
-                               device=config.device, text_model=config.text_model, checkpoint_every=0,
-                               sample_every=0)
+    train_config = dataclasses.replace(tier_config(TrainConfig), steps=config.max_steps,
+                                       max_minutes=minutes / slices, seed=config.seed, device=config.device,
+                                       text_model=config.text_model, checkpoint_every=0, sample_every=0)
     if config.batch_size is not None:
         train_config.batch_size = config.batch_size
     record = run_dir / "training.json"
@@ -148,8 +159,6 @@ def format_curves(rows: list[dict[str, Any]]) -> str:
 
 def curve_figure(rows: list[dict[str, Any]]):
     """All attributes right vs training minutes, per model: solid val captions, dashed held-out pairs."""
-    from .viz import plot_curves
-
     xs, series, styles = {}, {}, {}
     for i, r in enumerate(rows):
         points = [p for p in r.get("curve", []) if p.get("val_all") is not None]
@@ -187,8 +196,6 @@ def _row(family: str, training: dict, report: dict) -> dict[str, Any]:
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per model; accuracies are shares of captions with every mentioned attribute right."""
-    from .metrics import describe_errors
-
     def pct(v: Any) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -215,45 +222,47 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str | Path,
-                   config: CompareConfig | None = None) -> CompareResult:
-    """Train each family in ``config.families`` for ``config.minutes``, evaluate on the val split
-    next to ``train_ann``, and write ``results.json``, ``results.md`` and the sample-grid figure."""
-    import matplotlib.pyplot as plt
+def _write_results(config: CompareConfig, rows: list[dict], captions: list[str], json_path: Path,
+                   table_path: Path) -> str:
+    """results.json and results.md for the models done so far (after each one: a run stopped part-way
+    keeps the finished models' rows); ``captions`` are the sample grid's."""
+    table = format_table(rows)
+    curves = format_curves(rows)
+    if curves:
+        table += ("\n\nEvery mentioned attribute right (val / held-out pairs) during training; the last point "
+                  "is the table's:\n\n" + curves)
+    atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
+                                            indent=2, default=str))
+    atomic_write_text(table_path, table + "\n")
+    return table
 
-    from .metrics import evaluate_run, load_eval_data
-    from .models.classifier import _sibling
-    from .train import load_run
-    from .viz import image_rows, save_figure
 
-    config = config or CompareConfig()
+def _check(config: CompareConfig, train_ann: Path) -> Path:
+    """The val split next to ``train_ann``, after checking the budgets."""
     for family in config.families:
         minutes = config.minutes_by_model.get(family, config.minutes)
         if not minutes or minutes <= 0:
             raise T2IError(f"compare: the training budget of {family} must be more than 0 minutes, got {minutes}")
     if config.curve_points < 1:
         raise T2IError(f"compare: curve_points (--curve-points) must be at least 1, got {config.curve_points}")
-    image_root, train_ann, out = Path(image_root), Path(train_ann), Path(out_dir)
-    val_ann = _sibling(train_ann, "val")
+    val_ann = sibling_split(train_ann, "val")
     if val_ann is None:
         raise T2IError(f"compare needs the val split next to {train_ann} (e.g. captions_val.json)")
-    rows, samples = [], {}
-    val = None
+    return val_ann
+
+
+def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str | Path,
+                   config: CompareConfig | None = None) -> CompareResult:
+    """Train each family in ``config.families`` for ``config.minutes``, evaluate on the val split
+    next to ``train_ann``, and write ``results.json``, ``results.md`` and the sample-grid figure."""
+    config = config or tier_config(CompareConfig)
+    image_root, train_ann, out = Path(image_root), Path(train_ann), Path(out_dir)
+    val_ann = _check(config, train_ann)
+    val = load_eval_data(image_root, val_ann, image_size=64)
+    ids = grid_captions(val, config.grid_captions, config.seed)
+    captions = [val.captions[i] for i in ids]
+    rows, samples = [], {"real": val.images[val.caption_image[ids]]}
     json_path, table_path = out / "results.json", out / "results.md"
-
-    def write_results(captions: list[str]) -> str:
-        """results.json and results.md for the models done so far (after each one: a run stopped
-        part-way keeps the finished models' rows); ``captions`` are the sample grid's."""
-        table = format_table(rows)
-        curves = format_curves(rows)
-        if curves:
-            table += ("\n\nEvery mentioned attribute right (val / held-out pairs) during training; the last point "
-                      "is the table's:\n\n" + curves)
-        atomic_write_text(json_path, json.dumps({"config": asdict(config), "rows": rows, "grid_captions": captions},
-                                                indent=2, default=str))
-        atomic_write_text(table_path, table + "\n")
-        return table
-
     for family in config.families:
         run_dir = out / family
         options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
@@ -271,16 +280,10 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
                               device=config.device, generate_options=options,
                               error_figure_path=out / f"compare_errors_{family}")
         rows.append(_row(family, training, report))
-        if val is None:
-            val = load_eval_data(image_root, val_ann, image_size=64)
-            ids = grid_captions(val, config.grid_captions, config.seed)
-            captions = [val.captions[i] for i in ids]
-            samples["real"] = val.images[val.caption_image[ids]]
         samples[family] = run.generate(captions, seed=config.seed, **options)
         print(f"{family}: step {training['steps']}, all attributes right on val "
               f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
-        table = write_results(captions)
-
+        table = _write_results(config, rows, captions, json_path, table_path)
     trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
     fig = image_rows(samples, captions, size=1.0, title=f"same captions and seeds; training time: {trained}")
     figure_paths = save_figure(fig, "compare_samples", out)

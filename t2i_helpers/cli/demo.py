@@ -8,11 +8,19 @@ and the diffusion model draws one sharp object.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
-from .config import by_tier, runs_dir, tier
-from .data.shapes import shapes_dataset  # noqa: F401  (notebooks import it from data.shapes)
+import matplotlib.pyplot as plt
+
+from t2i_helpers.config import by_tier, runs_dir, tier, tier_config
+from t2i_helpers.data.evalset import load_eval_data, sample_caption_ids
+from t2i_helpers.data.shapes import shapes_dataset
+from t2i_helpers.evaluation.evaluate import evaluate_run
+from t2i_helpers.models import default_config
+from t2i_helpers.train import TrainConfig, load_run, prepare_data, text_config_for, train
+from t2i_helpers.viz import caption_rows, save_figure
 
 # Steps per tier (the cpu tier's are those of the shipped checkpoints), and on a CPU a time budget:
 # the whole demo should take about BUDGET_MINUTES, so the diffusion model trains for what is left
@@ -26,12 +34,8 @@ JUDGED = {"smoke": 100, "cpu": 300, "gpu": 1000}  # val captions the judge score
 
 
 def _train(family: str, root: Path, out: Path, current: str, minutes: float | None) -> None:
-    from .models import default_config
-    from .train import TrainConfig, train
-
-    config = TrainConfig(steps=DEMO_STEPS[family][current], batch_size=by_tier(8, 32, 128, current),
-                         warmup_steps=by_tier(0, 100, 200, current), checkpoint_every=0, sample_every=0,
-                         max_minutes=minutes, progress=False)
+    config = dataclasses.replace(tier_config(TrainConfig, current), steps=DEMO_STEPS[family][current],
+                                 checkpoint_every=0, sample_every=0, max_minutes=minutes, progress=False)
     print(f"demo: training the {current}-tier {family} for up to {config.steps} steps"
           + (f" or {config.max_minutes:.1f} min" if config.max_minutes else ""), flush=True)
     result = train(family, root / "images", root / "annotations" / "captions_train.json", out, config,
@@ -41,13 +45,6 @@ def _train(family: str, root: Path, out: Path, current: str, minutes: float | No
 
 def run_demo(tier_name: str | None = None) -> Path:
     """Train both models, write ``<runs>/demo/demo.png`` (+ PDF), print the judge's verdicts."""
-    import matplotlib.pyplot as plt
-
-    from .metrics import evaluate_run, load_eval_data, sample_caption_ids
-    from .models import default_config
-    from .train import TrainConfig, load_run, prepare_data, text_config_for
-    from .viz import caption_rows, save_figure
-
     start = time.perf_counter()
     current = tier_name or tier()
     root = shapes_dataset(images=by_tier(400, 4000, 4000, current))

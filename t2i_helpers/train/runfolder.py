@@ -19,7 +19,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainingError
+import torch
+
+from t2i_helpers.errors import TrainingError
 
 CHECKPOINT_KEYS = ("model", "ema", "optimizers", "step", "config")
 RUN_FILES = ("checkpoint.pt", "metrics.csv", "config.json")
@@ -33,8 +35,6 @@ def read_checkpoint(path: str | os.PathLike, need: tuple[str, ...] = CHECKPOINT_
     The file is never unpickled with ``weights_only=False``: a file that needs it can run code, and
     the advice to allow that (torch's own message) is not passed on.
     """
-    import torch
-
     path = Path(path)
     if path.is_dir():
         raise TrainingError(f"{path} is a folder, not a checkpoint file; move it away and train or resume again")
@@ -206,8 +206,6 @@ class DivergenceGuard:
         self.losses: list[float] = []
 
     def norm(self) -> float:
-        import torch
-
         with torch.no_grad():
             return float(torch.linalg.vector_norm(torch.stack([p.detach().float().norm() for p in self.model.parameters()])))
 

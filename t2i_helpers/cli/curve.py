@@ -4,22 +4,24 @@ Each family trains on the cpu tier's data in segments (``--resume`` continues ex
 segments add up to one uninterrupted run), and after each segment its EMA weights are judged on
 the same val captions. Only the training loop is timed; judging is not. The curve is what a
 student compares with their own laptop; the final run of each family is what ``--ship`` exports
-to ``t2i_helpers/checkpoints/cpu`` (see :mod:`t2i_helpers.shipped`). Not imported by notebooks.
+to ``t2i_helpers/checkpoints/cpu`` (see :mod:`t2i_helpers.train.shipped`). Not imported by notebooks.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
-from .data.shapes import shapes_dataset
-from .files import atomic_write_text
-from .metrics import describe_errors, evaluate_run
-from .models import default_config
-from .models.classifier import DRAWN_THRESHOLD
-from .shipped import export_run, shipped_dir
-from .train import TrainConfig, load_run, train
+from t2i_helpers.data.shapes import shapes_dataset
+from t2i_helpers.evaluation.evaluate import evaluate_run
+from t2i_helpers.files import atomic_write_text
+from t2i_helpers.judges.classifier import DRAWN_THRESHOLD
+from t2i_helpers.metrics import describe_errors
+from t2i_helpers.models import default_config
+from t2i_helpers.train import TrainConfig, export_run, load_run, shipped_dir, train
+from t2i_helpers.viz import save_figure
 
 # Steps after which each family is judged; the last one is the shipped checkpoint's.
 CURVE_STEPS = {
@@ -84,10 +86,6 @@ def train_curve(family: str, out_dir: Path, steps: tuple[int, ...] | None = None
 def curve_figure(curves: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """All-right (val, solid; held-out pairs, dashed) against training minutes: a colour per family,
     a line per seed (their spread is the run-to-run uncertainty)."""
-    import matplotlib.pyplot as plt
-
-    from .viz import save_figure
-
     colours = {"baseline": "tab:gray", "gan": "tab:orange", "diffusion": "tab:blue"}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     labelled: set[str] = set()

@@ -1,0 +1,20 @@
+"""Training: one engine for every model family, the run folder it writes, and the runs it loads.
+
+* :func:`train` trains a family into a run folder (:mod:`~t2i_helpers.train.engine`);
+* :func:`load_run` rebuilds a run to sample from, :func:`load_shipped` a shipped checkpoint, and
+  :func:`load_or_train` is the notebooks' "load if present, else train";
+* :class:`TrainConfig` says how to train, with one named config per tier.
+"""
+from t2i_helpers.train.config import CHECKPOINT, CONFIG, METRICS, SESSION_FIELDS, TrainConfig
+from t2i_helpers.train.device import autocast, pick_device, pick_precision, use_fast_gpu_kernels
+from t2i_helpers.train.engine import RunResult, TrainingData, prepare_data, text_config_for, train
+from t2i_helpers.train.log import read_metrics
+from t2i_helpers.train.run import LoadedRun, generate_images, load_run
+from t2i_helpers.train.shipped import export_run, load_or_train, load_shipped, shipped_dir
+
+__all__ = [
+    "CHECKPOINT", "CONFIG", "METRICS", "SESSION_FIELDS", "TrainConfig", "autocast", "pick_device",
+    "pick_precision", "use_fast_gpu_kernels", "RunResult", "TrainingData", "prepare_data", "text_config_for",
+    "train", "read_metrics", "LoadedRun", "generate_images", "load_run", "export_run", "load_or_train",
+    "load_shipped", "shipped_dir",
+]
