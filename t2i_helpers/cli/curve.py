@@ -27,13 +27,14 @@ from t2i_helpers.viz import save_figure
 CURVE_STEPS = {
     "baseline": (250, 500, 1000, 2000, 3000),
     "gan": (500, 1000, 2000, 3000, 3600),  # 3,600 GAN steps take about as long as 6,000 diffusion steps
+    "stylegan": (500, 1000, 2000, 3000, 3600),
     "diffusion": (500, 1000, 2000, 3000, 4500, 6000),
 }
 FINAL_N = 1000
 CPU_TRAIN = {"batch_size": 32, "warmup_steps": 100, "device": "cpu", "checkpoint_every": 0, "sample_every": 0,
              "progress": False}
 # Steps between rows of metrics.csv: notebook 03 compares the loss of single batches with epoch means.
-LOG_EVERY = {"baseline": 1, "gan": 10, "diffusion": 50}
+LOG_EVERY = {"baseline": 1, "gan": 10, "diffusion": 50, "stylegan": 10}
 
 
 def background_level(images: torch.Tensor) -> float:
@@ -86,7 +87,7 @@ def train_curve(family: str, out_dir: Path, steps: tuple[int, ...] | None = None
 def curve_figure(curves: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """All-right (val, solid; held-out pairs, dashed) against training minutes: a colour per family,
     a line per seed (their spread is the run-to-run uncertainty)."""
-    colours = {"baseline": "tab:gray", "gan": "tab:orange", "diffusion": "tab:blue"}
+    colours = {"baseline": "tab:gray", "gan": "tab:orange", "stylegan": "tab:red", "diffusion": "tab:blue"}
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     labelled: set[str] = set()
     for curve in curves:
@@ -133,7 +134,7 @@ def run_curves(families: list[str], out_dir: Path, n_eval: int = 500, seeds: tup
             atomic_write_text(out_dir / "curve.json", json.dumps({"curves": curves}, indent=1))  # kept as it grows
     # Every finished curve in the folder goes into the figure and the JSON, also those of earlier calls.
     everything = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*-seed*/curve_result.json"))]
-    order = {f: i for i, f in enumerate(("baseline", "gan", "diffusion"))}
+    order = {f: i for i, f in enumerate(("baseline", "gan", "stylegan", "diffusion"))}
     everything.sort(key=lambda c: (order.get(c["family"], 9), c["seed"]))
     result = {"curves": everything, "figure": [str(p) for p in curve_figure(everything, out_dir)]}
     atomic_write_text(out_dir / "curve.json", json.dumps(result, indent=1))

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from t2i_helpers.config import TIERS
+from t2i_helpers.models import FAMILY_NAMES
 
 DESCRIPTION = "python -m t2i_helpers COMMAND: the functions the notebooks call, for long runs outside them"
 
@@ -87,8 +88,8 @@ def _data_commands(sub: Any, handlers: dict) -> None:
 
 
 def _train_commands(sub: Any, handlers: dict) -> None:
-    p = sub.add_parser("train", help="train a model (baseline, gan, diffusion)")
-    p.add_argument("--model", required=True, choices=["baseline", "gan", "diffusion"])
+    p = sub.add_parser("train", help="train a model (baseline, gan, diffusion, stylegan)")
+    p.add_argument("--model", required=True, choices=FAMILY_NAMES)
     p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"))
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--steps", type=positive_int, help="the run's total number of steps")
@@ -142,7 +143,7 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
                    help="the train split; the val split next to it is scored")
     p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
     p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"],
-                   choices=["baseline", "gan", "diffusion"])
+                   choices=FAMILY_NAMES)
     p.add_argument("--minutes", type=positive_float, help="training time per model (default 10; smoke mode 0.1)")
     p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
     p.add_argument("--max-steps", type=positive_int, help="upper bound on steps per model")
@@ -173,7 +174,7 @@ def _tools_commands(sub: Any, handlers: dict) -> None:
     p = sub.add_parser("bench", help="speed benchmarks, printed as JSON")
     p.add_argument("what", choices=["data", "train", "eval", "curve"],
                    help="curve: all-right against CPU minutes of training per family (cpu tier)")
-    p.add_argument("--model", default="diffusion", choices=["baseline", "gan", "diffusion"])
+    p.add_argument("--model", default="diffusion", choices=FAMILY_NAMES)
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--batch-size", type=positive_int, default=None)
     p.add_argument("--text-model", help="bench train: BERT name or folder (default all-MiniLM-L6-v2)")
@@ -181,7 +182,7 @@ def _tools_commands(sub: Any, handlers: dict) -> None:
                    help="CPU threads for torch (default: torch's, one per core); notebooks 04-05 use 1 in smoke mode")
     p.add_argument("--compile", action="store_true",
                    help="bench train: the step as train --compile runs it; diffusion also samples with a compiled UNet")
-    p.add_argument("--models", nargs="+", choices=["baseline", "gan", "diffusion"],
+    p.add_argument("--models", nargs="+", choices=FAMILY_NAMES,
                    help="bench curve: the families (default all three)")
     p.add_argument("--out", type=Path, help="bench curve: folder for the runs, curve.json and the figure")
     p.add_argument("--n", type=positive_int, default=500, help="bench curve: val captions judged per point")

@@ -2,7 +2,8 @@
 
 * :mod:`~t2i_helpers.models.baseline`: the reference's regression decoder (MSE: the conditional mean);
 * :mod:`~t2i_helpers.models.gan`: a conditional GAN (matching-aware hinge loss, MA-GP, DiffAugment);
-* :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance.
+* :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance;
+* :mod:`~t2i_helpers.models.stylegan`: a StyleGAN2-style generator against the GAN's discriminator.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from t2i_helpers.models.base import T2IModel
 from t2i_helpers.models.baseline import BaselineConfig, ImageDecoder, TextToImageModel
 from t2i_helpers.models.diffusion import DiffusionConfig, TextDiffusion, alpha_bar, alpha_sigma
 from t2i_helpers.models.gan import ConditionalGAN, GANConfig, diff_augment, ma_gp, matching_aware_hinge
+from t2i_helpers.models.stylegan import StyleGAN, StyleGANConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
     "baseline": (BaselineConfig, TextToImageModel),
     "gan": (GANConfig, ConditionalGAN),
     "diffusion": (DiffusionConfig, TextDiffusion),
+    "stylegan": (StyleGANConfig, StyleGAN),
 }
 FAMILY_NAMES = tuple(FAMILIES)
 
@@ -60,4 +63,4 @@ def build_model(family: str, config: Any | None, text_dim: int) -> T2IModel:
 __all__ = ["T2IModel", "FAMILIES", "FAMILY_NAMES", "model_classes", "default_config", "config_from_dict",
            "build_model", "reference", "BaselineConfig", "ImageDecoder", "TextToImageModel", "GANConfig",
            "ConditionalGAN", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
-           "alpha_bar", "alpha_sigma"]
+           "alpha_bar", "alpha_sigma", "StyleGAN", "StyleGANConfig"]

@@ -20,8 +20,8 @@ Design choices, and why:
   noisiest timesteps to 0 (at ``t = 1`` the loss is about the noise, which carries no information),
   but that is where the *layout* is decided: where the object goes. The weight of the x0 error is
   therefore ``clamp(SNR, floor, gamma)``, in v terms ``clamp(SNR, floor, gamma) / (SNR + 1)``, and
-  ``t = 1 - (1 - u)^2`` draws high noise more often. Without both, CPU probes at 32 px learned colour,
-  shape and size but placed the object at random (position right 13 % after 1,500 steps, chance 11 %).
+  ``t = 1 - (1 - u)^2`` draws high noise more often. Without both, the model learns colour, shape
+  and size but places the object at random.
 * **Two routes for the caption**: the pooled sentence embedding is added to the timestep embedding
   (like a class label: global content, e.g. "a red circle") and the per-token states are read
   by cross-attention at low resolutions (which word goes where), masked so padding is ignored.
@@ -32,14 +32,14 @@ Design choices, and why:
 * **Stable start**: GroupNorm + SiLU residual blocks whose last conv is zero-initialised, and
   zero-initialised attention outputs, so every block starts as the identity.
 * **Pixel patches** (Hoogeboom et al. 2023, "simple diffusion"): the 64 px model runs on 2x2 blocks,
-  a 32x32 grid, so a step costs about a quarter of the FLOPs (CPU probes at 32 px with 2x2 patches
-  drew crisp edges).
+  a 32x32 grid, so a step costs about a quarter of the FLOPs.
 * **The network knows where each pixel is** (``position_code``): a learned position embedding after
   the first convolution and a sine-cosine code in the attention queries and keys. Colour and shape
   look the same everywhere, so the caption's per-channel scale and shift can produce them anywhere;
   "in the top left corner" needs features that differ by place (convolutions otherwise sense place
-  only through the zero padding at the borders). On its own it did not make a CPU probe place
-  objects (the loss weighting above did); it is cheap and we keep it.
+  only through the zero padding at the borders). It is cheap; the loss weighting above matters more.
+
+The measurements behind these choices: docs/measurements.md and docs/cpu-tier.md.
 
 Parameter counts with a 384-d text encoder (checked in ``tests/test_diffusion.py``):
 ``DiffusionConfig()`` (64 px) 24.0 M; ``DiffusionConfig.smoke()`` (32 px) 0.26 M.
@@ -105,8 +105,8 @@ class DiffusionConfig:
     def cpu(cls) -> "DiffusionConfig":
         """The cpu tier's: 32 px on 2x2 patches (a 16x16 grid), three levels (16, 8, 4), attention at 4.
 
-        1.4 M parameters. On 2 cores it beat a 48-channel variant at an equal 10-minute budget: more
-        steps mattered more than width (the ablation and its seed spread: docs/cpu-tier.md).
+        1.4 M parameters, designed for 2 cores: at an equal time budget more steps matter more than
+        width (the ablation: docs/cpu-tier.md).
         """
         return cls(
             image_size=32,
@@ -158,8 +158,7 @@ def apply_dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     """Imagen's dynamic thresholding: per sample, ``s`` = the ``percentile`` of ``|x0|`` (at least 1);
     clip to [-s, s] and divide by ``s``. Unlike a plain clip it keeps detail in saturated
     regions, which matters at high guidance. It also shrinks every pixel whenever some overshoot,
-    which washed out Shapes' flat, saturated palette colours: a 32 px CPU probe at guidance 5 had
-    every attribute right for 0.09 of val captions with it (0.995) and 0.69 with the plain clip."""
+    which washes out Shapes' flat, saturated palette colours, so the sampler clips by default."""
     s = torch.quantile(x0.flatten(1).abs().float(), percentile, dim=1).clamp(min=1.0).to(x0.dtype)
     s = _expand(s)
     return x0.clamp(-s, s) / s

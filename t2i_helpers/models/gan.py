@@ -305,6 +305,11 @@ class ConditionalGAN(T2IModel):
         self.generator = Generator(self.config, text_dim)
         self.discriminator = Discriminator(self.config, text_dim)
 
+    @property
+    def anchor(self) -> Tensor:
+        """A generator weight: the device and dtype that noise, captions and images are moved to."""
+        return next(self.generator.parameters())
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"d": list(self.discriminator.parameters()), "g": list(self.generator.parameters())}
 
@@ -315,7 +320,7 @@ class ConditionalGAN(T2IModel):
         With ``truncation`` the entries beyond +-truncation are redrawn until none is left (the
         "truncation trick": less variety, fewer odd samples).
         """
-        device = self.generator.fc.weight.device
+        device = self.anchor.device
         noise_device = generator.device if generator is not None else device
         z = torch.randn(n, self.config.noise_dim, generator=generator, device=noise_device)
         if truncation is not None:
@@ -336,13 +341,13 @@ class ConditionalGAN(T2IModel):
 
     def _discriminator_losses(self, batch: Batch) -> dict[str, Tensor]:
         cfg = self.config
-        text = batch.text.to(self.generator.fc.weight.dtype)
+        text = batch.text.to(self.anchor.dtype)
         b = text.shape[0]
         with torch.no_grad():  # the generator is not part of this graph: nothing flows back to G
             fake = self.generator(self.sample_noise(b), text)
 
         # Every image D sees goes through the same augmentation policy, real and fake alike.
-        real = diff_augment(training_images(batch, cfg.image_size, self.generator.fc.weight.dtype), cfg.diffaug_policy)
+        real = diff_augment(training_images(batch, cfg.image_size, self.anchor.dtype), cfg.diffaug_policy)
         fake = diff_augment(fake, cfg.diffaug_policy)
         use_gp = cfg.ma_gp_weight > 0
         if use_gp:  # MA-GP differentiates D's output with respect to its inputs (as D sees them)
@@ -374,7 +379,7 @@ class ConditionalGAN(T2IModel):
         return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}
 
     def _generator_losses(self, batch: Batch) -> dict[str, Tensor]:
-        text = batch.text.to(self.generator.fc.weight.dtype)
+        text = batch.text.to(self.anchor.dtype)
         fake = self.generator(self.sample_noise(text.shape[0]), text)
         with _Frozen(self.discriminator):  # gradients reach G through D, but D's weights get none
             logits = self.discriminator(diff_augment(fake, self.config.diffaug_policy), text)
@@ -397,6 +402,6 @@ class ConditionalGAN(T2IModel):
         ``truncation`` redraws |z| entries above it. Unknown options raise."""
         if options:
             raise TypeError(f"ConditionalGAN.generate got unknown options {sorted(options)}")
-        text = text.to(self.generator.fc.weight)
+        text = text.to(self.anchor)
         z = self.sample_noise(text.shape[0], generator, truncation) if noise is None else noise.to(text)
         return self.generator(z, text).float().clamp(-1, 1)

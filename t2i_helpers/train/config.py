@@ -5,7 +5,10 @@ and ``TrainConfig.cpu()`` are the other tiers', and ``tier_config(TrainConfig)``
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+from t2i_helpers.config import tier_config
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -43,6 +46,12 @@ class TrainConfig:
     @classmethod
     def gpu(cls) -> "TrainConfig":
         return cls()
+
+    @classmethod
+    def for_tier(cls, tier: str | None = None, **changes) -> "TrainConfig":
+        """The tier's named config (default: the current tier's) with ``changes``, e.g.
+        ``TrainConfig.for_tier(steps=600, seed=1)``: what a notebook trains with."""
+        return dataclasses.replace(tier_config(cls, tier), **changes)
 
     @classmethod
     def cpu(cls) -> "TrainConfig":

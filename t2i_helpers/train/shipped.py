@@ -32,10 +32,11 @@ from t2i_helpers.train.runfolder import read_checkpoint
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 MAX_BYTES = 5 * 2**20  # what one shipped file may weigh (issue 16: at most 5 MB)
 # Weights shipped as trained rather than as their EMA (the EMA is what the sampler uses).
-AS_TRAINED = {"gan": ("discriminator.",)}
+AS_TRAINED = {"gan": ("discriminator.",), "stylegan": ("discriminator.",)}
 # The command that made each shipped file (`python -m t2i_helpers ...`): the cpu-tier curve benchmark,
 # which trains for a fixed number of steps (t2i_helpers/cli/curve.py), so it means the same on every machine.
-RECIPES = {family: f"bench curve --models {family} --seeds 0 --ship" for family in ("baseline", "gan", "diffusion")}
+RECIPES = {family: f"bench curve --models {family} --seeds 0 --ship"
+           for family in ("baseline", "gan", "stylegan", "diffusion")}
 
 
 def shipped_dir(tier: str = "cpu") -> Path:
