@@ -36,10 +36,10 @@ notebooks-colab: $(STAMP)
 	$(PY) tools/check_notebooks.py colab
 
 # Re-execute every notebook in place (smoke mode, or T2I_TIER=cpu): what the stored outputs come from.
-# The stored outputs: 00-02 from smoke mode, 03-05 from the cpu tier (its shipped checkpoints).
+# The stored outputs: 00-02 from smoke mode, 03-06 from the cpu tier (its shipped checkpoints).
 store-notebooks: $(STAMP)
 	$(PY) tools/check_notebooks.py store 00 01 02
-	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05
+	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05 06
 
 # The oldest versions pyproject.toml allows (its lower bounds, pinned in constraints-oldest.txt), in a
 # venv of their own, with the oldest Python it allows: the unit tests. Not part of `make test` or CI

@@ -106,8 +106,8 @@ def test_lax_mode_compares_only_marked_cells(tmp_path, marked, unmarked, passes)
     assert (result.returncode == 0) == passes, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("03", "04", "05")], ids=lambda p: p.name)
-def test_notebooks_03_to_05_show_a_cpu_tier_run(path):
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("03", "04", "05", "06")], ids=lambda p: p.name)
+def test_notebooks_03_to_06_show_a_cpu_tier_run(path):
     """Their stored outputs come from the cpu tier (real samples of the shipped checkpoints), not smoke."""
     printed = [o.get("text", "") for c in cells(path) if "print(f\"tier: {tier()}\")" in source(c)
                for o in c.get("outputs", [])]

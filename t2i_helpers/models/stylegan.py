@@ -40,6 +40,10 @@ class StyleGANConfig(GANConfig):
     mapping_layers: int = 4  # StyleGAN uses 8; the captions of this course carry little to map
     style_mixing: float = 0.9  # share of training batches that mix two styles (StyleGAN2's 0.9)
     mapping_lr_mul: float = 0.01  # the mapping network learns 100x slower (StyleGAN's lr multiplier)
+    # Every generator layer has an equalised learning rate (weights scaled by 1/sqrt(fan_in) at run
+    # time), so under Adam it moves about sqrt(fan_in) times slower than a plain layer at the same lr:
+    # StyleGAN2 trains G at 0.002, not DF-GAN's 1e-4 (which left the shipped run's colours at chance).
+    lr_g: float = 2e-3
 
     @classmethod
     def smoke(cls) -> "StyleGANConfig":
