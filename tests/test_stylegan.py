@@ -122,3 +122,15 @@ def test_stylegan_trains_resumes_and_samples_through_the_cli(tiny_train_data, tm
     assert run.family == "stylegan" and run.step == 5
     assert main(["sample", str(out), "--caption", "a red circle", "-n", "2", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_compare_and_the_curve_benchmark_accept_stylegan():
+    from t2i_helpers.cli import commands
+    from t2i_helpers.cli.curve import CURVE_STEPS
+    from t2i_helpers.cli.parser import build_parser
+
+    args = build_parser(commands.HANDLERS).parse_args(
+        ["compare", "--data", "a", "b", "--out", "o", "--models", "gan", "stylegan"])
+    assert args.models == ["gan", "stylegan"]
+    assert build_parser(commands.HANDLERS).parse_args(["bench", "curve", "--models", "stylegan"]).models == ["stylegan"]
+    assert CURVE_STEPS["stylegan"][-1] == CURVE_STEPS["gan"][-1]  # compared at the GAN's steps
