@@ -201,7 +201,7 @@ def test_loader_picks_different_captions_across_epochs(coco_cache):
     assert next(iter(loader)).text.shape == (79, 0)
     chosen: dict[int, set[int]] = {}
     for _ in range(12):
-        _, caption_ids = loader._next_indices()
+        _, caption_ids, _ = loader._next_indices()
         for cid in caption_ids.tolist():
             image = next(i for i, ids in enumerate(coco_cache.caption_ids_per_image) if cid in ids)
             chosen.setdefault(image, set()).add(cid)

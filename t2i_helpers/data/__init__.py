@@ -16,12 +16,12 @@ from t2i_helpers.data.evalset import EvalData, load_eval_data, sample_caption_id
 from t2i_helpers.data.images import to_float, to_pixels, to_uint8
 from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.data.shapes import (COLORS, HELD_OUT_PAIRS, POSITION_WORDS, POSITIONS, SHAPES, SIZES, ShapesConfig,
-                                     make_caption, make_shapes, render, shapes_dataset)
+                                     make_caption, make_shapes, mirror_caption, render, shapes_dataset)
 from t2i_helpers.errors import AssetMissingError, DatasetError
 
 __all__ = ["Batch", "CachedLoader", "ImageCache", "center_crop_resize", "CocoCaptionsDataset", "collate_captions",
            "inspect_dataset", "load_captions_index", "open_rgb", "words", "KNOWN_FILES", "annotations_for",
            "download_coco", "locate_coco", "EvalData", "load_eval_data", "sample_caption_ids", "to_float",
            "to_pixels", "to_uint8", "COLORS", "HELD_OUT_PAIRS", "POSITION_WORDS", "POSITIONS", "SHAPES", "SIZES",
-           "ShapesConfig", "make_caption", "make_shapes", "render", "shapes_dataset", "AssetMissingError",
+           "ShapesConfig", "make_caption", "make_shapes", "mirror_caption", "render", "shapes_dataset", "AssetMissingError",
            "DatasetError"]

@@ -12,6 +12,8 @@ from t2i_helpers.data.cache import ImageCache
 from t2i_helpers.data.images import to_float
 from t2i_helpers.errors import DatasetError
 
+FLIPS = ("none", "rewrite", "naive")  # left-right flips: none, with the caption mirrored too, or without
+
 
 class CachedLoader:
     """Batches for training: images in [-1, 1] and the embedding of one random caption per image.
@@ -44,6 +46,8 @@ class CachedLoader:
         drop_last: bool = True,
         device: str | torch.device = "cpu",
         resident: bool | None = None,
+        flip: str = "none",
+        mirror_rows: Any = None,
     ) -> None:
         self.cache = cache
         self.table = text_table
@@ -54,6 +58,12 @@ class CachedLoader:
         self.device = torch.device(device)
         self.epoch = 0
         self.position = 0  # images of the current epoch already handed out
+        if flip not in FLIPS:
+            raise DatasetError(f"flip must be one of {', '.join(FLIPS)}, got {flip!r}")
+        if flip == "rewrite" and mirror_rows is None:
+            raise DatasetError("flip='rewrite' needs mirror_rows: the table row of each caption's mirror image")
+        self.flip = flip
+        self._mirror = None if mirror_rows is None else torch.as_tensor(mirror_rows, dtype=torch.long)
         n = len(cache)
         if self.batch_size < 1:
             raise DatasetError(f"batch_size must be at least 1, got {batch_size}")
@@ -78,8 +88,9 @@ class CachedLoader:
             with warnings.catch_warnings():  # the memory map is read-only, and only ever read
                 warnings.simplefilter("ignore", UserWarning)
                 self._images = torch.from_numpy(self._images).to(self.device)
-            self._rows, self._pooled, self._tokens, self._mask = (
-                None if t is None else t.to(self.device) for t in (self._rows, self._pooled, self._tokens, self._mask))
+            self._rows, self._pooled, self._tokens, self._mask, self._mirror = (
+                None if t is None else t.to(self.device)
+                for t in (self._rows, self._pooled, self._tokens, self._mask, self._mirror))
 
     def _fits_on_device(self) -> bool:
         if self.device.type != "cuda":
@@ -109,15 +120,20 @@ class CachedLoader:
         n = len(self.cache)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _plan(self) -> tuple[np.ndarray, np.ndarray]:
-        """(image order, uniform numbers for caption choice) of the current epoch."""
+    def _plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image order, uniform numbers for caption choice, which images are flipped) of the epoch.
+
+        The flips come from a generator of their own, so a run without them sees the same batches
+        as before flips existed."""
         if self._plan_epoch != self.epoch:
             rng = np.random.default_rng([self.seed, self.epoch])
             n = len(self.cache)
             order = rng.permutation(n) if self.shuffle else np.arange(n)
             self._order, self._pick = order, rng.random(n)
+            self._flips = (np.random.default_rng([self.seed, self.epoch, 1]).random(n) < 0.5 if self.flip != "none"
+                           else np.zeros(n, dtype=bool))
             self._plan_epoch = self.epoch
-        return self._order, self._pick
+        return self._order, self._pick, self._flips
 
     def _epoch_done(self) -> bool:
         n = len(self.cache)
@@ -128,12 +144,13 @@ class CachedLoader:
         if self._epoch_done():
             self.epoch, self.position = self.epoch + 1, 0
 
-    def _next_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """Image indices and caption ids of the next batch; advances (epoch, position)."""
+    def _next_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image indices, caption ids and flips of the next batch; advances (epoch, position)."""
         self._wrap()
-        order, pick = self._plan()
+        order, pick, flips = self._plan()
         idx = order[self.position:self.position + self.batch_size]
         u = pick[self.position:self.position + self.batch_size]
+        flipped = flips[self.position:self.position + self.batch_size]
         counts = self._counts[idx]
         choice = self._offsets[idx] + np.minimum((u * counts).astype(np.int64), counts - 1)
         caption_ids = self._flat_caption_ids[choice]
@@ -141,10 +158,13 @@ class CachedLoader:
         self._wrap()  # so a state saved after the last batch of an epoch points at the next epoch
         # Sorted indices read the memory-mapped file front to back (the order inside a batch is irrelevant).
         sort = np.argsort(idx, kind="stable")
-        return idx[sort], caption_ids[sort]
+        return idx[sort], caption_ids[sort], flipped[sort]
 
-    def make_batch(self, indices: np.ndarray, caption_ids: np.ndarray) -> Batch:
-        """A :class:`Batch` of these cached images and caption ids (also useful for evaluation)."""
+    def make_batch(self, indices: np.ndarray, caption_ids: np.ndarray, flips: np.ndarray | None = None) -> Batch:
+        """A :class:`Batch` of these cached images and caption ids (also useful for evaluation).
+
+        ``flips`` [B] bool mirrors those images left to right; with ``flip="rewrite"`` their captions
+        become the mirrored captions too ("left" <-> "right"), with ``"naive"`` they stay as they are."""
         non_blocking = self.device.type == "cuda"
         if self.resident:
             # Images and text table already live on the device: only the indices cross.
@@ -167,6 +187,8 @@ class CachedLoader:
         # milliseconds on a busy CPU for a copy of a few kilobytes. The .to() calls below are no-ops
         # when the table is resident.
         rows = ids if self._rows is None else self._rows.index_select(0, ids)
+        if flips is not None and flips.any():
+            images, rows = self._flip(images, rows, ids, flips)
         if self.table is None:
             text = torch.zeros(len(indices), 0, device=self.device)
             tokens = mask = None
@@ -178,6 +200,14 @@ class CachedLoader:
             if self._mask is not None:
                 mask = self._mask.index_select(0, rows).to(self.device, non_blocking=non_blocking)
         return Batch(images=images, text=text, tokens=tokens, token_mask=mask, caption_ids=ids.to(self.device))
+
+    def _flip(self, images: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, flips: np.ndarray):
+        chosen = torch.from_numpy(flips).to(images.device)
+        images = torch.where(chosen[:, None, None, None], images.flip(-1), images)
+        if self.flip == "rewrite":  # the caption follows the image: its mirror's table row
+            mirrored = self._mirror.index_select(0, ids.to(self._mirror.device)).to(rows.device)
+            rows = torch.where(chosen.to(rows.device), mirrored, rows)
+        return images, rows
 
     def next_batch(self) -> Batch:
         return self.make_batch(*self._next_indices())

@@ -18,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -261,6 +262,11 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
     return paths
 
 
+def mirror_caption(caption: str) -> str:
+    """The caption of the left-right mirror image: "left" and "right" swap ("top-left" too)."""
+    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
+
+
 def shapes_dataset(images: int | None = None, image_size: int = 64, seed: int = 0) -> Path:
     """The course's default Shapes dataset, ``data_dir()/shapes-<images>-<size>px-seed<seed>``, generated
     on first use (4,000 images; 400 in the smoke tier). Every notebook uses this one folder."""
@@ -308,5 +314,6 @@ if __name__ == "__main__":
 
 # The vocabulary and the renderer live in drawing.py; they are part of this module's interface too.
 __all__ = ["ATTRIBUTES", "COLORS", "HELD_OUT_PAIRS", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "POSITIONS", "POSITION_WORDS",
-           "SHAPES", "SIZES", "ShapesConfig", "ShapesPaths", "make_caption", "make_shapes", "object_box", "render",
+           "SHAPES", "SIZES", "ShapesConfig", "ShapesPaths", "make_caption", "make_shapes", "mirror_caption", "object_box",
+           "render",
            "shapes_dataset"]

@@ -42,6 +42,9 @@ class TrainConfig:
     # for comparisons at a fixed time budget. ``steps`` stays the upper bound.
     max_minutes: float | None = None
     progress: bool = True  # a tqdm progress bar
+    # Left-right flips of half the images: "none"; "rewrite" mirrors the caption too ("left" <-> "right",
+    # what a flip must do); "naive" keeps the caption (the mistake notebook 06 measures).
+    flip: str = "none"
 
     @classmethod
     def gpu(cls) -> "TrainConfig":

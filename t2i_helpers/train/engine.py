@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from t2i_helpers.config import tier_config
 from t2i_helpers.data.cache import ImageCache
 from t2i_helpers.data.loader import CachedLoader
+from t2i_helpers.data.shapes import mirror_caption
 from t2i_helpers.errors import TrainingError
 from t2i_helpers.files import atomic_write_text
 from t2i_helpers.models import build_model, config_from_dict, default_config, model_classes
@@ -63,15 +64,24 @@ class TrainingData:
 
 def prepare_data(
     image_root: str | Path, ann_file: str | Path, image_size: int, text_config: TextEncoderConfig,
-    with_tokens: bool, verbose: bool = True,
+    with_tokens: bool, verbose: bool = True, mirrored: bool = False,
 ) -> TrainingData:
-    """Resize images once into the uint8 cache and encode every caption once (both reused across runs)."""
+    """Resize images once into the uint8 cache and encode every caption once (both reused across runs);
+    ``mirrored`` also encodes each caption's left-right mirror (for flips that rewrite the caption)."""
     cache = ImageCache.build(image_root, ann_file, image_size)
-    table, stats = encode_captions(cache.all_captions(), text_config, with_tokens=with_tokens)
+    captions = cache.all_captions()
+    if mirrored:
+        captions = list(dict.fromkeys(captions + [mirror_caption(c) for c in captions]))
+    table, stats = encode_captions(captions, text_config, with_tokens=with_tokens)
     if verbose:
         print(f"data: {len(cache)} images at {image_size}px; text ({table.model_name}): "
               f"encoded {stats.encoded} captions, read {stats.from_cache} from the cache", flush=True)
     return TrainingData(cache, table, stats.encoded, stats.from_cache)
+
+
+def mirror_rows(data: TrainingData) -> list[int]:
+    """For each caption of the cache, the table row of its mirror image's caption."""
+    return data.table.index([mirror_caption(c) for c in data.cache.all_captions()])
 
 
 def text_config_for(train_config: TrainConfig) -> TextEncoderConfig:
@@ -200,11 +210,13 @@ def set_up(family: str, image_root: Any, ann_file: Any, out: Path, train_config:
     if world > 1 and rank != 0:
         torch.distributed.barrier()
     data = prepare_data(image_root, ann_file, model_config.image_size, text_config,
-                        model_classes(family)[1].uses_tokens, verbose=rank == 0)
+                        model_classes(family)[1].uses_tokens, verbose=rank == 0, mirrored=train_config.flip == "rewrite")
     if world > 1 and rank == 0:
         torch.distributed.barrier()
+    mirror = mirror_rows(data) if train_config.flip == "rewrite" else None
     loader = CachedLoader(data.cache, data.table, batch_size=train_config.batch_size, shuffle=True,
-                          seed=train_config.seed + rank, drop_last=True, device=device)
+                          seed=train_config.seed + rank, drop_last=True, device=device, flip=train_config.flip,
+                          mirror_rows=mirror)
 
     model = build_model(family, model_config, data.text_dim).to(device)
     optimizers, base_lr = build_optimizers(model, model_config, train_config)
