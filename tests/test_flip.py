@@ -90,3 +90,14 @@ def test_a_run_with_rewritten_flips_trains_and_records_it(tiny_train_data, tmp_p
     result = train("baseline", *tiny_train_data, tmp_path / "run", config,
                    BaselineConfig(image_size=32, fc_channels=8, hidden_channels=4))
     assert result.step == 4 and load_run(tmp_path / "run", device="cpu").train_config.flip == "rewrite"
+
+
+def test_train_takes_a_flip_flag(tiny_train_data, tmp_path, monkeypatch):
+    from t2i_helpers.cli import main
+
+    monkeypatch.setenv("T2I_TIER", "smoke")  # restored afterwards (main's --tier would set it for good)
+    out = tmp_path / "cli-run"
+    assert main(["train", "--model", "baseline", "--data", *map(str, tiny_train_data), "--out", str(out), "--steps", "2",
+                 "--batch-size", "8", "--device", "cpu", "--no-progress", "--flip", "naive"]) == 0
+    assert load_run(out, device="cpu").train_config.flip == "naive"
+    assert main(["train", "--model", "baseline", "--data", "a", "b", "--out", str(out), "--flip", "sideways"]) == 2

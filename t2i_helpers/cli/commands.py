@@ -49,7 +49,7 @@ def _cmd_download_coco(args: argparse.Namespace) -> None:
 
 # `train` flags that set a TrainConfig field of the same name.
 TRAIN_FLAGS = ("steps", "batch_size", "lr", "seed", "device", "precision", "checkpoint_every", "sample_every",
-               "text_model", "max_minutes")
+               "text_model", "max_minutes", "flip")
 
 
 def _flag(name: str) -> str:

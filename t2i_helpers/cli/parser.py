@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from t2i_helpers.config import TIERS
+from t2i_helpers.data.loader import FLIPS
 from t2i_helpers.models import FAMILY_NAMES
 
 DESCRIPTION = "python -m t2i_helpers COMMAND: the functions the notebooks call, for long runs outside them"
@@ -105,6 +106,7 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt up to --steps")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoint and log)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
+    p.add_argument("--flip", choices=FLIPS, help="left-right flips of half the images: rewrite (the caption too), naive")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
     p.set_defaults(func=handlers["train"])
