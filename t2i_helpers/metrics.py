@@ -11,11 +11,13 @@ in :mod:`t2i_helpers.judges` and :mod:`t2i_helpers.evaluation.inception`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor
 
 from t2i_helpers.errors import T2IError
@@ -279,3 +281,22 @@ def clip_score(image_emb: Tensor, text_emb: Tensor) -> float:
     return float((100 * (img * txt).sum(dim=1).clamp_min(0)).mean())
 
 
+
+
+# -------------------------------------------------------------------------------- uncertainty
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a share ``successes / n``; NaN ends where ``n`` is 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    ci = stats.binomtest(int(successes), int(n)).proportion_ci(level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """The mean and its Student-t interval (NaN ends for fewer than two values)."""
+    a = np.asarray(values, dtype=float)
+    mean = float(a.mean()) if len(a) else math.nan
+    if len(a) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half

@@ -1,13 +1,18 @@
-"""Figures: one style, one save helper (PNG for slides and notebooks, vector PDF for the thesis).
+"""Figures and tables: one style, one save helper each (PNG + vector PDF; Markdown + LaTeX).
 
 Every figure in the course goes through :func:`save_figure`, so a thesis author can paste them
-directly and they all look alike.
+directly and they all look alike; every result table through :func:`save_table`, each number with
+its interval and the table with its protocol. With a ``caption`` each also writes ``<name>.json``,
+from which ``python -m t2i_helpers figures`` builds ``INDEX.md`` (docs/figures.md).
 """
 from __future__ import annotations
 
+import json
+import math
+import os
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -16,9 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from t2i_helpers.config import figures_dir
+from t2i_helpers.config import figures_dir, tier
 from t2i_helpers.data.images import to_pixels
-from t2i_helpers.files import atomic_path
+from t2i_helpers.errors import T2IError
+from t2i_helpers.files import atomic_path, atomic_write_text
+from t2i_helpers.metrics import mean_ci, proportion_ci
 
 STYLE = {
     "figure.dpi": 100,
@@ -50,13 +57,30 @@ def _atomic_savefig(fig: plt.Figure, path: Path) -> None:
         fig.savefig(tmp, format=path.suffix.lstrip("."))
 
 
-def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf`` (default :func:`config.figures_dir`)."""
+def save_figure(fig: plt.Figure, name: str, out_dir: str | Path | None = None,
+                caption: str | None = None) -> tuple[Path, Path]:
+    """Save ``fig`` as ``<out_dir>/<name>.png`` and ``.pdf`` (default :func:`config.figures_dir`).
+
+    With ``caption`` (one line: what the figure shows) it also writes ``<name>.json`` for the index.
+    """
     out = Path(out_dir) if out_dir is not None else figures_dir()
     png, pdf = out / f"{name}.png", out / f"{name}.pdf"
     _atomic_savefig(fig, png)
     _atomic_savefig(fig, pdf)
+    if caption is not None:
+        write_sidecar(out, name, "figure", caption, [png.name, pdf.name])
     return png, pdf
+
+
+def write_sidecar(out: Path, name: str, kind: str, caption: str, files: list[str], protocol: str | None = None) -> Path:
+    """``<out>/<name>.json``: what the index lists for a figure or table. ``T2I_NOTEBOOK`` and
+    ``T2I_COMMIT`` (set by ``python -m t2i_helpers figures``) say where it came from."""
+    if not caption.strip() or "\n" in caption.strip():
+        raise T2IError(f"{name}: a caption is one line of text, got {caption!r}")
+    record = {"name": name, "kind": kind, "caption": caption.strip(), "protocol": protocol,
+              "notebook": os.environ.get("T2I_NOTEBOOK") or None, "tier": tier(),
+              "commit": os.environ.get("T2I_COMMIT") or None, "files": files}
+    return atomic_write_text(out / f"{name}.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
 
 
 def image_grid(images: torch.Tensor | np.ndarray, nrow: int = 8, pad: int = 2) -> np.ndarray:
@@ -188,3 +212,106 @@ def plot_curves(
         ax.legend()
     fig.tight_layout()
     return fig
+
+
+# -------------------------------------------------------------------------------- tables
+# A number with its interval: a column ``X`` (or ``X_mean``) next to ``X_ci_low`` and ``X_ci_high`` in the
+# same row is one cell, ``0.910 [0.855, 0.949]`` (the convention of ``summarise_ratings``).
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def share_with_ci(name: str, share: float | None, n: int, level: float = 0.95) -> dict[str, float]:
+    """``{name: share, name_ci_low, name_ci_high}``: a share of ``n`` trials, exact (Clopper-Pearson) interval."""
+    if share is None or n <= 0 or not math.isfinite(share):
+        return {name: math.nan, name + CI_LOW: math.nan, name + CI_HIGH: math.nan}
+    low, high = proportion_ci(round(share * n), n, level)
+    return {name: float(share), name + CI_LOW: low, name + CI_HIGH: high}
+
+
+def mean_with_ci(name: str, values: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """``{name: mean, name_ci_low, name_ci_high}``: a mean over runs (e.g. seeds), Student-t interval."""
+    mean, low, high = mean_ci(values, level)
+    return {name: mean, name + CI_LOW: low, name + CI_HIGH: high}
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A cell: floats with ``digits`` decimals (whole numbers from 100 up), missing or NaN as ``-``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.{digits}f}"
+
+
+def interval_base(column: str, row: dict[str, Any]) -> str | None:
+    """The prefix of the ``_ci_low``/``_ci_high`` keys that belong to ``column`` (``X`` or ``X_mean``), if any."""
+    for base in (column, column.removesuffix("_mean")):
+        if base + CI_LOW in row and base + CI_HIGH in row:
+            return base
+    return None
+
+
+def table_cells(rows: Sequence[dict[str, Any]], digits: int = 3) -> tuple[list[str], list[list[str]]]:
+    """Column names and formatted cells; each value with an interval in one cell, ``v [low, high]``."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns and not k.endswith((CI_LOW, CI_HIGH))]
+    cells = []
+    for row in rows:
+        line = []
+        for column in columns:
+            text = format_number(row[column], digits) if column in row else ""
+            base = interval_base(column, row)
+            if base and text != "-":
+                low, high = (format_number(row[base + end], digits) for end in (CI_LOW, CI_HIGH))
+                text += f" [{low}, {high}]" if low != "-" else ""
+            line.append(text)
+        cells.append(line)
+    return columns, cells
+
+
+def latex_escape(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped (``_`` -> ``\\_``, ``%`` -> ``\\%``, ...)."""
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def markdown_table(columns: list[str], cells: list[list[str]], name: str, caption: str, protocol: str) -> str:
+    pipe = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = [f"**Table {name}.** {caption}", "", "| " + " | ".join(map(pipe, columns)) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(map(pipe, line)) + " |" for line in cells]
+    return "\n".join(lines + ["", f"Protocol: {protocol}", ""])
+
+
+def latex_table(columns: list[str], cells: list[list[str]], name: str, caption: str, protocol: str) -> str:
+    # "{}" before a cell that starts with "[": after "\\" LaTeX would read it as a row-spacing argument
+    row = lambda values: " & ".join(("{}" if v.startswith("[") else "") + latex_escape(v) for v in values) + r" \\"  # noqa: E731
+    lines = [f"% {name}: written by t2i_helpers.viz.save_table; needs \\usepackage{{booktabs}}",
+             r"\begin{table}[htbp]", r"\centering", f"\\caption{{{latex_escape(caption)}}}",
+             f"\\label{{tab:{name}}}", r"\begin{tabular}{l" + "r" * (len(columns) - 1) + "}", r"\toprule",
+             row(columns), r"\midrule", *(row(line) for line in cells), r"\bottomrule", r"\end{tabular}",
+             "", f"\\par\\smallskip{{\\footnotesize Protocol: {latex_escape(protocol)}}}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def save_table(rows: Sequence[dict[str, Any]], name: str, caption: str, protocol: str,
+               out_dir: str | Path | None = None, digits: int = 3) -> tuple[Path, Path]:
+    """Write ``<name>.md`` (Markdown) and ``<name>.tex`` (LaTeX booktabs), and ``<name>.json`` for the index.
+
+    ``rows`` are dicts (column -> value); a value ``X`` with ``X_ci_low``/``X_ci_high`` beside it is
+    printed ``X [low, high]`` (:func:`share_with_ci`, :func:`mean_with_ci` make them). ``protocol``
+    says how the numbers were made: data, n, seeds, sampler, judge, and what the intervals are.
+    """
+    if not rows:
+        raise T2IError(f"save_table {name}: no rows")
+    out = Path(out_dir) if out_dir is not None else figures_dir()
+    columns, cells = table_cells(rows, digits)
+    md, tex = out / f"{name}.md", out / f"{name}.tex"
+    atomic_write_text(md, markdown_table(columns, cells, name, caption, protocol))
+    atomic_write_text(tex, latex_table(columns, cells, name, caption, protocol))
+    write_sidecar(out, name, "table", caption, [md.name, tex.name], protocol=protocol)
+    return md, tex

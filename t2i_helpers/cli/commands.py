@@ -17,8 +17,9 @@ from t2i_helpers.cli import bench, bench_train
 from t2i_helpers.cli.compare import CompareConfig, compare_models
 from t2i_helpers.cli.curve import run_curves
 from t2i_helpers.cli.demo import run_demo
+from t2i_helpers.cli.figures import make_figures
 from t2i_helpers.cli.parser import UsageError, build_parser
-from t2i_helpers.config import runs_dir, tier_config
+from t2i_helpers.config import runs_dir, tier, tier_config
 from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.data.download import download_coco
 from t2i_helpers.data.shapes import ShapesConfig, make_shapes
@@ -161,9 +162,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_demo()  # main() has put --tier into T2I_TIER
 
 
+def _cmd_figures(args: argparse.Namespace) -> None:
+    make_figures(tier(), args.out, args.notebooks, args.notebooks_dir, keep=args.keep_work)
+
+
 HANDLERS = {"make_shapes": _cmd_make_shapes, "inspect": _cmd_inspect, "download_coco": _cmd_download_coco,
             "train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "compare": _cmd_compare,
-            "export_text_model": _cmd_export_text_model, "bench": _cmd_bench, "demo": _cmd_demo}
+            "export_text_model": _cmd_export_text_model, "bench": _cmd_bench, "demo": _cmd_demo,
+            "figures": _cmd_figures}
 
 
 def main(argv: list[str] | None = None) -> int:

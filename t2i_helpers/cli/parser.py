@@ -197,6 +197,15 @@ def _tools_commands(sub: Any, handlers: dict) -> None:
     _tier_option(p)
     p.set_defaults(func=handlers["demo"])
 
+    p = sub.add_parser("figures", help="every figure (PNG + PDF) and table (Markdown + LaTeX) of the notebooks, "
+                                       "and INDEX.md (docs/figures.md)")
+    _tier_option(p)
+    p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+    p.add_argument("--notebooks", nargs="+", metavar="NN", help="only these notebooks, by number prefix (e.g. 00 04)")
+    p.add_argument("--notebooks-dir", type=Path, help="the notebooks folder (default: the checkout's notebooks/)")
+    p.add_argument("--keep-work", action="store_true", help="keep the temp folder of data and runs")
+    p.set_defaults(func=handlers["figures"])
+
 
 def _tier_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tier", choices=TIERS,
