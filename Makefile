@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit notebooks notebooks-other-cpu notebooks-colab store-notebooks lab bench clean test-oldest
+.PHONY: install demo test unit notebooks notebooks-other-cpu notebooks-colab store-notebooks lab bench figures browser-deps clean test-oldest
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,10 +36,22 @@ notebooks-colab: $(STAMP)
 	$(PY) tools/check_notebooks.py colab
 
 # Re-execute every notebook in place (smoke mode, or T2I_TIER=cpu): what the stored outputs come from.
-# The stored outputs: 00-02 from smoke mode, 03-06 from the cpu tier (its shipped checkpoints).
+# The stored outputs: 00-02 from smoke mode, 03-07 from the cpu tier (its shipped checkpoints).
 store-notebooks: $(STAMP)
 	$(PY) tools/check_notebooks.py store 00 01 02
-	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05 06
+	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05 06 07
+
+# Every figure (PNG + PDF) and table (Markdown + LaTeX) the notebooks make, with figures/INDEX.md
+# (docs/figures.md). The cpu tier uses the shipped checkpoints.
+figures: $(STAMP)
+	$(PY) -m t2i_helpers figures --tier cpu --out figures
+
+# Debian's Chromium and its driver, for the browser test of notebook 07 (tests/test_browser.py skips
+# without them, except under CI=true). Needs root or sudo.
+browser-deps:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # The oldest versions pyproject.toml allows (its lower bounds, pinned in constraints-oldest.txt), in a
 # venv of their own, with the oldest Python it allows: the unit tests. Not part of `make test` or CI

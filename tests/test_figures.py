@@ -218,9 +218,10 @@ def run_command(out: Path, prefixes: list[str]) -> None:
 
 @pytest.mark.slow  # every course notebook in the smoke tier, then notebook 06 again: minutes
 def test_the_command_makes_every_figure_and_reproduces_the_tables(tmp_path, monkeypatch):
-    for name in ("T2I_DATA", "T2I_RUNS"):  # conftest points them at the session folder: use fresh ones
-        monkeypatch.delenv(name, raising=False)
+    # The data folder is the test session's (conftest: Shapes, caches and judges made once); each run
+    # gets run folders of its own, so the second one trains again instead of loading the first's runs.
     first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("T2I_RUNS", str(tmp_path / "runs-first"))
     run_command(first, [p.name[:2] for p in COURSE])
     index = (first / "INDEX.md").read_text()
     for name in sorted(saved_names(COURSE, "save_figure")):
@@ -229,6 +230,7 @@ def test_the_command_makes_every_figure_and_reproduces_the_tables(tmp_path, monk
         assert re.search(rf"^\| `{name}` \| [^|]+\S \| \d\d_\w+ \| smoke \|", index, re.M), name
     tables = sorted(saved_names(COURSE, "save_table"))
     assert all(f"| `{name}` |" in index for name in tables)
+    monkeypatch.setenv("T2I_RUNS", str(tmp_path / "runs-second"))
     run_command(second, [RERUN])
     rerun = sorted(saved_names([p for p in COURSE if p.name.startswith(RERUN)], "save_table"))
     assert len(rerun) >= 3

@@ -1,0 +1,179 @@
+"""Notebook 07 in a real browser: JupyterLab headless on a free port, driven by Debian's Chromium.
+
+It opens the notebook, runs every cell, types captions into the studio and presses Generate, then
+checks that a grid of the expected number of images appears with the judge's reading under each,
+and that bad input gets its one line without killing the kernel. The screenshot goes to
+``outputs/browser/`` (or ``$T2I_TEST_OUTPUT``). Chromium comes from apt (``chromium`` and
+``chromium-driver``; .ci/run installs them); without it the test is skipped, except under CI=true.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "07_interactive.ipynb"
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+CAPTION = "a large yellow triangle at the bottom"
+
+
+def browser_or_skip() -> None:
+    missing = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not path]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("selenium (pip)")
+    if missing:
+        why = f"{', '.join(missing)} not installed: apt-get install chromium chromium-driver; pip install selenium"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the browser test must run in CI: {why}")
+        pytest.skip(why)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_lab(folder: Path, port: int, token: str, env: dict) -> subprocess.Popen:
+    """JupyterLab serving ``folder``, its log in ``folder/../lab.log``, in a process group of its own."""
+    log = open(folder.parent / "lab.log", "w")
+    command = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={folder}", "--ServerApp.port_retries=0",
+               "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if os.geteuid() == 0:  # CI containers run as root
+        command.append("--allow-root")
+    server = subprocess.Popen(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise RuntimeError(f"jupyter lab exited: {(folder.parent / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    raise RuntimeError("jupyter lab did not answer within 90 s")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop the server and the kernels it started (its whole process group)."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+def chromium(out: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1800",
+                 "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(out / "chromedriver.log")), options=options)
+
+
+def run_all_cells(driver, wait) -> None:
+    """JupyterLab's Run menu > Run All Cells."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']"))).click()
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-Menu-item')]"
+                                                     "[.//div[text()='Run All Cells']]"))).click()
+
+
+def generate(driver, wait, caption: str) -> None:
+    """Type ``caption`` into the studio's caption box and press Generate."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+
+    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, ".t2i-studio .t2i-caption input")))
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE)
+    if caption:
+        box.send_keys(caption)
+    driver.find_element(By.CSS_SELECTOR, ".t2i-studio button.t2i-generate").click()
+
+
+def status_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, ".t2i-studio .t2i-status").text
+
+
+@pytest.mark.slow
+def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
+    browser_or_skip()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = Path(os.environ.get("T2I_TEST_OUTPUT", ROOT / "outputs")) / "browser"
+    out.mkdir(parents=True, exist_ok=True)
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("T2I_")}
+    env.update(T2I_SMOKE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
+               T2I_DATA=str(tmp_path / "data"), T2I_RUNS=str(tmp_path / "runs"), T2I_FIGURES=str(tmp_path / "figures"),
+               JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"))
+    port, token = free_port(), secrets.token_hex(16)
+    server = start_lab(folder, port, token, env)
+    driver = None
+    try:
+        driver = chromium(out)
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}")
+        run_all_cells(driver, wait)
+        slow = WebDriverWait(driver, 420)  # every cell, the judge's training included (smoke: about a minute)
+        slow.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".t2i-studio .t2i-caption input"))
+        WebDriverWait(driver, 420, poll_frequency=2).until(
+            lambda d: "07_ratings.csv" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook").text)  # the last cell ran
+
+        generate(driver, wait, "")  # bad input: one line, and the kernel lives on
+        wait.until(lambda d: "empty" in status_text(d))
+        generate(driver, wait, "一个红色的大圆形在左上角")
+        wait.until(lambda d: "done in" in status_text(d))
+        generate(driver, wait, CAPTION)
+        wait.until(lambda d: CAPTION in d.find_element(By.CSS_SELECTOR, ".t2i-studio .t2i-result").text)
+
+        grid = driver.find_element(By.CSS_SELECTOR, ".t2i-studio .t2i-result")
+        images = grid.find_elements(By.CSS_SELECTOR, "img.t2i-sample")
+        readings = [r.text for r in grid.find_elements(By.CSS_SELECTOR, ".t2i-reading")]
+        assert len(images) == 8 and all(i.size["width"] > 50 for i in images)  # the panel's default: 8 images
+        assert len(readings) == 8 and all(r.startswith("read as: ") for r in readings), readings
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", grid)
+        time.sleep(0.5)
+        driver.find_element(By.CSS_SELECTOR, ".t2i-studio").screenshot(str(out / "studio.png"))
+        (out / "readings.txt").write_text("\n".join([CAPTION, *readings]) + "\n", encoding="utf-8")
+        assert (out / "studio.png").stat().st_size > 10_000
+    except Exception:
+        if driver is not None:
+            driver.save_screenshot(str(out / "failure.png"))
+        raise
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop(server)
+    assert server.poll() is not None
