@@ -1,14 +1,13 @@
 """``python -m t2i_helpers figures`` (docs/figures.md): captions, tables, the index, vector PDFs, errors.
 
-The unit tests take seconds. The one slow test runs the command over every notebook in the smoke tier
-(about 4 minutes on 2 cores), then reruns notebook 06 (three tables) and compares its tables byte for byte.
+The unit tests take seconds. The slow one runs the command over notebook 06 twice in the smoke tier and
+compares its tables byte for byte; that every notebook's figures are made is checked by the notebook
+check, which executes them all anyway (tools/check_notebooks.py here).
 """
 from __future__ import annotations
 
-import ast
 import json
 import re
-import zlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,6 +17,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from t2i_helpers.cli import main
+from t2i_helpers.cli.figure_checks import calls, check_figure_folder, saved_names, vector_problems
 from t2i_helpers.cli.figures import index_markdown, notebooks_folder, read_sidecars, write_index
 from t2i_helpers.errors import T2IError
 from t2i_helpers.viz import latex_escape, mean_with_ci, save_figure, save_table, share_with_ci, table_cells
@@ -29,22 +29,6 @@ RERUN = "06"  # the second run: the quickest notebook that writes tables (three 
 
 
 # ------------------------------------------------------------------ what the notebooks call
-def calls(path: Path, function: str) -> list[ast.Call]:
-    """Every call of ``function`` in the code cells of a notebook (IPython magics left out)."""
-    found = []
-    for cell in nbformat.read(path, as_version=4).cells:
-        if cell.cell_type == "code":
-            source = "\n".join(l for l in cell.source.splitlines() if not l.lstrip().startswith(("%", "!")))
-            found += [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call)
-                      and getattr(n.func, "id", getattr(n.func, "attr", None)) == function]
-    return found
-
-
-def saved_names(paths: list[Path], function: str) -> set[str]:
-    return {c.args[1].value for p in paths for c in calls(p, function)
-            if len(c.args) > 1 and isinstance(c.args[1], ast.Constant)}
-
-
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name[:2])
 def test_every_save_figure_call_has_a_caption(notebook):
     missing = [c.lineno for c in calls(notebook, "save_figure") if not any(k.arg == "caption" for k in c.keywords)]
@@ -59,44 +43,6 @@ def test_the_notebooks_name_their_figures_and_tables_once():
 
 
 # ------------------------------------------------------------------ vector PDFs
-def pdf_streams(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(dictionary, decoded content) of every stream object of a PDF (Flate-decoded where compressed)."""
-    out = []
-    for match in re.finditer(rb"<<(.*?)>>\s*stream\r?\n", data, re.S):
-        start = match.end()
-        end = data.index(b"endstream", start)
-        body = data[start:end]
-        if b"/FlateDecode" in match.group(1):
-            try:
-                body = zlib.decompressobj().decompress(body)
-            except zlib.error:
-                body = b""
-        out.append((match.group(1), body))
-    return out
-
-
-def vector_problems(path: Path) -> list[str]:
-    """Why a PDF is not a vector figure: no text drawn as text, no embedded font, or an image over most of the page."""
-    data = path.read_bytes()
-    box = re.search(rb"/MediaBox\s*\[\s*([\d.\-]+)\s+([\d.\-]+)\s+([\d.\-]+)\s+([\d.\-]+)\s*\]", data)
-    if not box:
-        return ["no /MediaBox"]
-    x0, y0, x1, y1 = map(float, box.groups())
-    page = (x1 - x0) * (y1 - y0)
-    streams = pdf_streams(data)
-    content = b"\n".join(body for head, body in streams if b"/Subtype" not in head)
-    problems = []
-    if not re.search(rb"BT\b.*?(Tj|TJ)\b.*?ET\b", content, re.S):
-        problems.append("no text drawn as text (BT ... Tj ... ET)")
-    if b"/FontFile2" not in data and b"/FontFile" not in data:
-        problems.append("no embedded font")
-    for m in re.finditer(rb"([\d.\-]+) 0 0 ([\d.\-]+) [\d.\-]+ [\d.\-]+ cm\s*/(\w+) Do", content):
-        width, height = abs(float(m.group(1))), abs(float(m.group(2)))
-        if width * height > 0.75 * page:  # the largest in the notebooks: 43% (a heatmap with its labels)
-            problems.append(f"image /{m.group(3).decode()} covers {width * height / page:.0%} of the page")
-    return problems
-
-
 def test_vector_check_passes_a_saved_figure_and_fails_a_raster_page(tmp_path):
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0, 1], [1, 0])
@@ -216,24 +162,44 @@ def run_command(out: Path, prefixes: list[str]) -> None:
     assert main(["figures", "--tier", "smoke", "--out", str(out), "--notebooks", *prefixes]) == 0
 
 
-@pytest.mark.slow  # every course notebook in the smoke tier, then notebook 06 again: minutes
-def test_the_command_makes_every_figure_and_reproduces_the_tables(tmp_path, monkeypatch):
+@pytest.mark.slow  # notebook 06 (three tables, six figures) twice in the smoke tier: about a minute
+def test_the_command_makes_a_notebooks_figures_and_reproduces_its_tables(tmp_path, monkeypatch):
+    """The command end to end on one notebook, run twice. That every notebook's figures are made is
+    checked where every notebook runs anyway: ``tools/check_notebooks.py here`` ends with
+    :func:`check_figure_folder` on the figures they saved (so CI does not execute them all twice)."""
     # The data folder is the test session's (conftest: Shapes, caches and judges made once); each run
     # gets run folders of its own, so the second one trains again instead of loading the first's runs.
     first, second = tmp_path / "first", tmp_path / "second"
+    notebook = [p for p in COURSE if p.name.startswith(RERUN)]
     monkeypatch.setenv("T2I_RUNS", str(tmp_path / "runs-first"))
-    run_command(first, [p.name[:2] for p in COURSE])
+    run_command(first, [RERUN])
+    assert check_figure_folder(first, notebook) == []
     index = (first / "INDEX.md").read_text()
-    for name in sorted(saved_names(COURSE, "save_figure")):
-        assert (first / f"{name}.png").stat().st_size > 0, name
-        assert vector_problems(first / f"{name}.pdf") == [], name
-        assert re.search(rf"^\| `{name}` \| [^|]+\S \| \d\d_\w+ \| smoke \|", index, re.M), name
-    tables = sorted(saved_names(COURSE, "save_table"))
-    assert all(f"| `{name}` |" in index for name in tables)
+    for name in sorted(saved_names(notebook, "save_figure")):
+        assert re.search(rf"^\| `{name}` \| [^|]+\S \| {notebook[0].stem} \| smoke \|", index, re.M), name
     monkeypatch.setenv("T2I_RUNS", str(tmp_path / "runs-second"))
     run_command(second, [RERUN])
-    rerun = sorted(saved_names([p for p in COURSE if p.name.startswith(RERUN)], "save_table"))
-    assert len(rerun) >= 3
-    for name in rerun:
+    tables = sorted(saved_names(notebook, "save_table"))
+    assert len(tables) >= 3
+    for name in tables:
         for suffix in (".md", ".tex"):
             assert (second / f"{name}{suffix}").read_bytes() == (first / f"{name}{suffix}").read_bytes(), name + suffix
+
+
+def test_check_figure_folder_names_what_is_missing(tmp_path, monkeypatch):
+    nb = new_notebook(cells=[new_code_cell('save_figure(fig, "00_a", caption="A.")\nsave_figure(fig, "00_b", caption="B.")\n'
+                                           'save_table(rows, "00_t", caption="T.", protocol="P.")')])
+    path = tmp_path / "00_x.ipynb"
+    nbformat.write(nb, path)
+    out = tmp_path / "out"
+    monkeypatch.setenv("T2I_FIGURES", str(out))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    ax.set_title("a")
+    save_figure(fig, "00_a", caption="A.")
+    plt.close(fig)
+    problems = check_figure_folder(out, [path])
+    assert problems == ["00_b: no .png, .pdf, .json", "00_t: no .md, .tex, .json",
+                        "INDEX.md does not list 00_b", "INDEX.md does not list 00_t"]
+    save_table([{"x": 1}], "00_t", caption="T.", protocol="P.", out_dir=out)
+    assert check_figure_folder(out, [path]) == ["00_b: no .png, .pdf, .json", "INDEX.md does not list 00_b"]

@@ -1,7 +1,8 @@
 """Run every notebook in smoke mode and check it, in one of three settings (``make notebooks`` and CI).
 
 * ``here``: in this checkout, under nbval's lax mode: every cell must run; only cells marked
-  ``# NBVAL_CHECK_OUTPUT`` are compared with their stored output (the rule: docs/notebooks.md).
+  ``# NBVAL_CHECK_OUTPUT`` are compared with their stored output (the rule: docs/notebooks.md). Then
+  every figure and table the notebooks name must be in the figure folder (what ``figures`` collects).
 * ``other-cpu``: the same, with torch, oneDNN and NumPy held to AVX2 kernels and one thread. That
   changes floating-point results the way another CPU does, so a compared cell whose text depends on
   them fails here.
@@ -59,6 +60,20 @@ def run_nbval(tmp: Path, extra: dict[str, str] | None = None) -> int:
     command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-q",
                "-p", "no:cacheprovider", *map(str, NOTEBOOKS)]
     return subprocess.call(command, cwd=ROOT, env=smoke_env(tmp, extra))
+
+
+def check_figures(tmp: Path) -> int:
+    """After a passing run: every figure and table the notebooks name was saved (PNG, vector PDF and
+    caption record; Markdown, LaTeX), and INDEX.md lists them (t2i_helpers.cli.figure_checks)."""
+    from t2i_helpers.cli.figure_checks import check_figure_folder, saved_names
+
+    problems = check_figure_folder(tmp / "figures", NOTEBOOKS)
+    for problem in problems:
+        print(f"notebooks (here): figures: {problem}")
+    if not problems:
+        made = len(saved_names(NOTEBOOKS, "save_figure")), len(saved_names(NOTEBOOKS, "save_table"))
+        print(f"notebooks (here): all {made[0]} figures (PNG + vector PDF) and {made[1]} tables saved, INDEX.md lists them")
+    return 1 if problems else 0
 
 
 def make_throwaway_env(tmp: Path) -> Path:
@@ -170,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         status = store(tmp, args.names)
     else:
         status = run_nbval(tmp, OTHER_CPU if args.setting == "other-cpu" else None)
+        if status == 0 and args.setting == "here":
+            status = check_figures(tmp)
     left = sorted({p.name for p in ROOT.iterdir()} - before)
     if left and args.setting != "store":
         print(f"notebooks ({args.setting}): the check left {', '.join(left)} in the checkout")
