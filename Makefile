@@ -36,10 +36,10 @@ notebooks-colab: $(STAMP)
 	$(PY) tools/check_notebooks.py colab
 
 # Re-execute every notebook in place (smoke mode, or T2I_TIER=cpu): what the stored outputs come from.
-# The stored outputs: 00-02 from smoke mode, 03-07 from the cpu tier (its shipped checkpoints).
+# The stored outputs: 00-02 from smoke mode, 03-08 from the cpu tier (its shipped checkpoints).
 store-notebooks: $(STAMP)
 	$(PY) tools/check_notebooks.py store 00 01 02
-	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05 06 07
+	T2I_TIER=cpu $(PY) tools/check_notebooks.py store 03 04 05 06 07 08
 
 # Every figure (PNG + PDF) and table (Markdown + LaTeX) the notebooks make, with figures/INDEX.md
 # (docs/figures.md). The cpu tier uses the shipped checkpoints.

@@ -106,7 +106,7 @@ def test_lax_mode_compares_only_marked_cells(tmp_path, marked, unmarked, passes)
     assert (result.returncode == 0) == passes, result.stdout[-2000:]
 
 
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("03", "04", "05", "06", "07")], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] in ("03", "04", "05", "06", "07", "08")], ids=lambda p: p.name)
 def test_notebooks_03_to_07_show_a_cpu_tier_run(path):
     """Their stored outputs come from the cpu tier (real samples of the shipped checkpoints), not smoke."""
     printed = [o.get("text", "") for c in cells(path) if "print(f\"tier: {tier()}\")" in source(c)
@@ -115,5 +115,5 @@ def test_notebooks_03_to_07_show_a_cpu_tier_run(path):
     if path.name.startswith("07"):  # the studio only samples the shipped checkpoints: nothing to retrain
         assert any("Studio.from_shipped(" in source(c) for c in cells(path))
         return
-    loads = [c for c in cells(path) if "load_or_train(" in source(c)]
+    loads = [c for c in cells(path) if "load_or_train(" in source(c) or "load_or_train_captioner(" in source(c)]
     assert loads and any("RETRAIN = False" in source(c) for c in cells(path))  # the one visible switch

@@ -13,7 +13,7 @@
 
 ``store`` is not a check: it executes the notebooks in place, in smoke mode (or the tier that
 ``T2I_TIER`` names), to record their outputs, with the same fresh folders and no timing metadata.
-Notebooks 03-07 are stored from the cpu tier: ``T2I_TIER=cpu python tools/check_notebooks.py store 03 04 05 06 07``.
+Notebooks 03-08 are stored from the cpu tier: ``T2I_TIER=cpu python tools/check_notebooks.py store 03 04 05 06 07 08``.
 
 Each setting starts from empty data, cache, run and figure folders in a temp folder, so leftovers of
 ``make demo`` or an earlier run change nothing; the folder is removed when the check passes.

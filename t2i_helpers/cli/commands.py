@@ -10,23 +10,28 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 
 from t2i_helpers.cli import bench, bench_train
 from t2i_helpers.cli.compare import CompareConfig, compare_models
-from t2i_helpers.cli.curve import run_curves
+from t2i_helpers.cli.curve import caption_files, run_curves
 from t2i_helpers.cli.demo import run_demo
 from t2i_helpers.cli.figures import make_figures
 from t2i_helpers.cli.parser import UsageError, build_parser
 from t2i_helpers.config import runs_dir, tier, tier_config
 from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.data.download import download_coco
-from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+from t2i_helpers.data.shapes import ShapesConfig, make_shapes, shapes_dataset
 from t2i_helpers.errors import T2IError
 from t2i_helpers.evaluation.evaluate import evaluate_run, format_report
+from t2i_helpers.models import default_config
 from t2i_helpers.text import export_text_model
+from t2i_helpers.text.hub import PACKAGED_ROOT
+from t2i_helpers.train.char_encoder import CharEncoderConfig, distillation_report, train_char_encoder
 from t2i_helpers.train import SESSION_FIELDS, TrainConfig, load_run, train
+from t2i_helpers.cli.captioning import cmd_caption, cmd_train_captioner
 from t2i_helpers.viz import save_grid
 
 
@@ -71,6 +76,20 @@ def _train_config(args: argparse.Namespace):
     return config
 
 
+def _model_config(args: argparse.Namespace):
+    """The tier's model config, with ``--augment`` applied (GANs only); None keeps the engine's default."""
+    augment = getattr(args, "augment", None)
+    if augment is None:
+        return None
+    if args.model not in ("gan", "stylegan"):
+        raise T2IError(f"--augment applies to gan and stylegan, not {args.model}")
+    if args.resume:
+        raise T2IError("--augment cannot change a run being resumed (its model config is saved with it)")
+    config = default_config(args.model)
+    fields = {"diffaugment": {}, "ada": {"ada_target": 0.6}, "none": {"diffaug_policy": ""}}[augment]
+    return dataclasses.replace(config, **fields)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     image_root, ann_file = args.data
     if args.resume:
@@ -79,8 +98,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             applied = ", ".join(_flag(n) for n in TRAIN_FLAGS if n in SESSION_FIELDS)
             print(f"note: --resume continues with the run's saved settings; ignored: {', '.join(ignored)} "
                   f"(only {applied} apply)")
-    result = train(args.model, image_root, ann_file, args.out, _train_config(args), resume=args.resume,
-                   overwrite=args.overwrite)
+    result = train(args.model, image_root, ann_file, args.out, _train_config(args), _model_config(args),
+                   resume=args.resume, overwrite=args.overwrite)
     if result.interrupted:
         raise SystemExit(130)  # train() has said what it saved
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
@@ -151,11 +170,25 @@ def _cmd_bench(args: argparse.Namespace) -> None:
                                    text_model=args.text_model, compile=args.compile)
     elif args.what == "curve":
         models = args.models or ["baseline", "gan", "diffusion"]
-        result = run_curves(models, args.out or runs_dir() / "curve", n_eval=args.n, seeds=tuple(args.seeds),
-                            ship=args.ship)
+        default_out = runs_dir() / ("curve" if args.captions == "en" else f"curve-{args.captions}")
+        result = run_curves(models, args.out or default_out, n_eval=args.n, seeds=tuple(args.seeds),
+                            ship=args.ship, captions=args.captions)
     else:
         result = bench.bench_eval()
     print(json.dumps(result, indent=2))
+
+
+def _cmd_train_zh_encoder(args: argparse.Namespace) -> None:
+    root = args.data or shapes_dataset(images=4000)
+    train_json, val_json = caption_files(Path(root), "zh")
+    if not train_json.is_file():
+        raise T2IError(f"no Chinese captions in {root}: {train_json.name} is missing (make-shapes writes them)")
+    config = CharEncoderConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+    out = args.out or PACKAGED_ROOT / "shapes-zh-char"
+    command = "python -m t2i_helpers train-zh-encoder" + (f" --steps {args.steps}" if args.steps else "")
+    folder = train_char_encoder(train_json, out, config, command=command)
+    print(json.dumps({"folder": str(folder), "val": distillation_report(val_json, folder, config)}, indent=1))
+    print(f"use it with --text-model {folder}" if args.out else "use it with --text-model shapes-zh-char")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -169,7 +202,7 @@ def _cmd_figures(args: argparse.Namespace) -> None:
 HANDLERS = {"make_shapes": _cmd_make_shapes, "inspect": _cmd_inspect, "download_coco": _cmd_download_coco,
             "train": _cmd_train, "sample": _cmd_sample, "evaluate": _cmd_evaluate, "compare": _cmd_compare,
             "export_text_model": _cmd_export_text_model, "bench": _cmd_bench, "demo": _cmd_demo,
-            "figures": _cmd_figures}
+            "figures": _cmd_figures, "train_zh_encoder": _cmd_train_zh_encoder, "train_captioner": cmd_train_captioner, "caption": cmd_caption}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from t2i_helpers.data.shapes import shapes_dataset
+from t2i_helpers.data.shapes_zh import zh_path
 from t2i_helpers.evaluation.evaluate import evaluate_run
 from t2i_helpers.files import atomic_write_text
 from t2i_helpers.judges.classifier import DRAWN_THRESHOLD
@@ -35,6 +36,23 @@ CPU_TRAIN = {"batch_size": 32, "warmup_steps": 100, "device": "cpu", "checkpoint
              "progress": False}
 # Steps between rows of metrics.csv: notebook 03 compares the loss of single batches with epoch means.
 LOG_EVERY = {"baseline": 1, "gan": 10, "diffusion": 50, "stylegan": 10}
+# Which caption files and text encoder a curve trains on (--captions): English with MiniLM, or the
+# parallel Chinese captions with the character encoder shipped in t2i_helpers/checkpoints/shapes-zh-char.
+TEXT_MODELS = {"en": "all-MiniLM-L6-v2", "zh": "shapes-zh-char"}
+BACKGROUND_CAPTIONS = {"en": [f"a {c}" for c in ("red circle", "blue square", "green triangle", "yellow circle")],
+                       "zh": ["一个红色的圆形", "一个蓝色的正方形", "一个绿色的三角形", "一个黄色的圆形"]}
+
+
+def caption_files(root: Path, captions: str = "en") -> tuple[Path, Path]:
+    """(train, val) annotation files of a Shapes folder in the language ``captions`` ("en" or "zh")."""
+    ann = root / "annotations"
+    train_json, val_json = ann / "captions_train.json", ann / "captions_val.json"
+    return (zh_path(train_json), zh_path(val_json)) if captions == "zh" else (train_json, val_json)
+
+
+def shipped_name(family: str, captions: str = "en") -> str:
+    """The shipped checkpoint's name: the family, with ``-zh`` for Chinese captions."""
+    return family if captions == "en" else f"{family}-{captions}"
 
 
 def background_level(images: torch.Tensor) -> float:
@@ -48,38 +66,38 @@ def background_level(images: torch.Tensor) -> float:
     return float(value[dim].mean()) if dim.any() else 0.0
 
 
-def judge_point(run_dir: Path, images: Path, val_json: Path, n: int, seed: int = 0) -> dict:
+def judge_point(run_dir: Path, images: Path, val_json: Path, n: int, seed: int = 0, captions: str = "en") -> dict:
     """The judge's verdict on one checkpoint: all-right on val and held-out pairs, background, errors."""
     run = load_run(run_dir, device="cpu")
     report = evaluate_run(run, images, val_json, n=n, fid="none", seed=seed, contrastive=False, device="cpu")
     acc = report["attribute_accuracy"]
-    samples = run.generate([f"a {c}" for c in ("red circle", "blue square", "green triangle", "yellow circle")] * 8,
-                           seed=seed)
+    samples = run.generate(BACKGROUND_CAPTIONS[captions] * 8, seed=seed)
     return {"step": run.step, "all_val": acc["val"]["all"], "all_held_out": acc.get("held_out", {}).get("all"),
             "real_images": acc["real_images"]["all"], "background": round(background_level(samples), 4),
             "errors": describe_errors(report["attribute_errors"]) if report.get("attribute_errors") else ""}
 
 
 def train_curve(family: str, out_dir: Path, steps: tuple[int, ...] | None = None, n_eval: int = 500,
-                seed: int = 0, root: Path | None = None, final_n: int = FINAL_N) -> dict:
+                seed: int = 0, root: Path | None = None, final_n: int = FINAL_N, captions: str = "en") -> dict:
     """Train ``family`` (cpu-tier config) in segments ending at ``steps``, judging after each
-    (the last point on ``final_n`` captions). ``root``: a Shapes folder (default the cpu tier's)."""
+    (the last point on ``final_n`` captions). ``root``: a Shapes folder (default the cpu tier's);
+    ``captions``: "en", or "zh" (the Chinese files and encoder, :data:`TEXT_MODELS`)."""
     root = root or shapes_dataset(images=4000)
-    images, train_json, val_json = root / "images", root / "annotations" / "captions_train.json", \
-        root / "annotations" / "captions_val.json"
+    images, (train_json, val_json) = root / "images", caption_files(root, captions)
     steps = steps or CURVE_STEPS[family]
     model_config, seconds, points = default_config(family, "cpu"), 0.0, []
     for i, step in enumerate(steps):
-        config = TrainConfig(steps=step, seed=seed, log_every=LOG_EVERY[family], **CPU_TRAIN)
+        config = TrainConfig(steps=step, seed=seed, log_every=LOG_EVERY[family], text_model=TEXT_MODELS[captions],
+                             **CPU_TRAIN)
         result = train(family, images, train_json, out_dir, config, model_config, resume=i > 0, overwrite=i == 0)
         if result.interrupted:
             raise KeyboardInterrupt  # train() saved and said so; do not start the next segment
         seconds += result.train_seconds
         n = max(n_eval, final_n) if i == len(steps) - 1 else n_eval  # the goal is judged on 1,000 captions
-        point = judge_point(out_dir, images, val_json, n, seed) | {"train_minutes": round(seconds / 60, 3), "n": n}
+        point = judge_point(out_dir, images, val_json, n, seed, captions) | {"train_minutes": round(seconds / 60, 3), "n": n}
         print(json.dumps({"family": family} | point), flush=True)
         points.append(point)
-    return {"family": family, "threads": torch.get_num_threads(), "n_eval": n_eval, "seed": seed,
+    return {"family": family, "captions": captions, "threads": torch.get_num_threads(), "n_eval": n_eval, "seed": seed,
             "parameters": sum(p.numel() for p in load_run(out_dir, device="cpu").model.parameters()),
             "points": points}
 
@@ -112,10 +130,11 @@ def curve_figure(curves: list[dict], out_dir: Path) -> tuple[Path, Path]:
 
 
 def run_curves(families: list[str], out_dir: Path, n_eval: int = 500, seeds: tuple[int, ...] = (0,),
-               ship: bool = False) -> dict:
+               ship: bool = False, captions: str = "en") -> dict:
     """``bench curve``: every family's curve per seed into ``out_dir/curve.json`` + figure.
 
-    ``ship`` exports each family's run of the first seed to ``t2i_helpers/checkpoints/cpu``.
+    ``ship`` exports each family's run of the first seed to ``t2i_helpers/checkpoints/cpu``
+    (as ``<family>-zh`` for ``captions="zh"``).
     """
     curves = []
     for seed in seeds:  # every family's first seed first: a benchmark stopped early still compares them
@@ -126,11 +145,13 @@ def run_curves(families: list[str], out_dir: Path, n_eval: int = 500, seeds: tup
                 print(f"{family}, seed {seed}: reusing the finished curve in {run_dir}", flush=True)
                 curves.append(json.loads(done.read_text()))
                 continue
-            curves.append(train_curve(family, run_dir, n_eval=n_eval, seed=seed))
+            curves.append(train_curve(family, run_dir, n_eval=n_eval, seed=seed, captions=captions))
             atomic_write_text(done, json.dumps(curves[-1], indent=1))
             if ship and seed == seeds[0]:
                 command = f"python -m t2i_helpers bench curve --models {family} --seeds {seed} --ship"
-                print(f"shipped: {export_run(run_dir, shipped_dir('cpu'), command)}", flush=True)
+                command += f" --captions {captions}" if captions != "en" else ""
+                print(f"shipped: {export_run(run_dir, shipped_dir('cpu'), command, shipped_name(family, captions))}",
+                      flush=True)
             atomic_write_text(out_dir / "curve.json", json.dumps({"curves": curves}, indent=1))  # kept as it grows
     # Every finished curve in the folder goes into the figure and the JSON, also those of earlier calls.
     everything = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*-seed*/curve_result.json"))]
@@ -141,4 +162,4 @@ def run_curves(families: list[str], out_dir: Path, n_eval: int = 500, seeds: tup
     return result
 
 
-__all__ = ["CURVE_STEPS", "background_level", "judge_point", "train_curve", "curve_figure", "run_curves"]
+__all__ = ["CURVE_STEPS", "TEXT_MODELS", "caption_files", "shipped_name", "background_level", "judge_point", "train_curve", "curve_figure", "run_curves"]

@@ -88,6 +88,9 @@ def _data_commands(sub: Any, handlers: dict) -> None:
     p.set_defaults(func=handlers["download_coco"])
 
 
+AUGMENT_CHOICES = ("diffaugment", "ada", "none")
+
+
 def _train_commands(sub: Any, handlers: dict) -> None:
     p = sub.add_parser("train", help="train a model (baseline, gan, diffusion, stylegan)")
     p.add_argument("--model", required=True, choices=FAMILY_NAMES)
@@ -107,9 +110,36 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoint and log)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     p.add_argument("--flip", choices=FLIPS, help="left-right flips of half the images: rewrite (the caption too), naive")
+    p.add_argument("--augment", choices=AUGMENT_CHOICES,
+                   help="gan, stylegan: what D's images go through: diffaugment (default), ada (its adaptive "
+                        "probability, target 0.6), none")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
     p.set_defaults(func=handlers["train"])
+
+    p = sub.add_parser("train-captioner", help="train the image-to-text captioner (--ship: the shipped cpu checkpoint)")
+    p.add_argument("--data", nargs=2, metavar=("IMAGE_ROOT", "ANNOTATION_JSON"),
+                   help="default: the course's Shapes train split (generated on first use)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/captioner)")
+    p.add_argument("--steps", type=positive_int, help="default: the tier's (cpu: 2,500)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, mps")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--captions", choices=["en", "zh"], default="en",
+                   help="bench curve: English captions (MiniLM) or the parallel Chinese ones (shapes-zh-char)")
+    p.add_argument("--ship", action="store_true", help="export the run to t2i_helpers/checkpoints/cpu (captioner.*)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _tier_option(p)
+    p.set_defaults(func=handlers["train_captioner"])
+
+    p = sub.add_parser("caption", help="caption images with a trained captioner, one line per image")
+    p.add_argument("run", help="a captioner run folder, or shipped (= shipped:cpu) for the shipped checkpoint")
+    p.add_argument("images", nargs="*", type=Path, help="image files (PNG, JPEG, ...)")
+    p.add_argument("--beam", type=positive_int, default=3, help="beam width (default 3; 1 = greedy)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=handlers["caption"])
 
     p = sub.add_parser("sample", help="sample a grid of images for a caption from a run")
     p.add_argument("run", type=Path)
@@ -167,6 +197,13 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
 
 
 def _tools_commands(sub: Any, handlers: dict) -> None:
+    p = sub.add_parser("train-zh-encoder", help="train the Chinese character encoder (distilled from MiniLM) on Shapes")
+    p.add_argument("--data", type=Path, help="a Shapes folder (default: the cpu tier's, data/shapes-4000-64px-seed0)")
+    p.add_argument("--out", type=Path, help="output folder (default: the packaged t2i_helpers/checkpoints/shapes-zh-char)")
+    p.add_argument("--steps", type=positive_int, help="training steps (default 2000, batch 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=handlers["train_zh_encoder"])
+
     p = sub.add_parser("export-text-model", help="save the text encoder as a folder (float16) for offline machines")
     p.add_argument("out", type=Path)
     p.add_argument("--model", default="all-MiniLM-L6-v2")

@@ -1,6 +1,7 @@
 """Data for the course: the Shapes benchmark, COCO captions, the resized-image cache, the downloader.
 
 * :mod:`~t2i_helpers.data.shapes`: generate the Shapes benchmark (COCO captions format, scorable attributes);
+  :mod:`~t2i_helpers.data.shapes_zh`: its parallel Chinese captions (``captions_*.zh.json``);
 * :mod:`~t2i_helpers.data.coco`: validate, load and inspect COCO-format caption datasets (Shapes too);
 * :mod:`~t2i_helpers.data.cache`: decode + resize once into a uint8 array; fast, resumable batches;
 * :mod:`~t2i_helpers.data.download`: fetch COCO 2017 (needs the internet; resumable, checked);
@@ -17,11 +18,13 @@ from t2i_helpers.data.images import to_float, to_pixels, to_uint8
 from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.data.shapes import (COLORS, HELD_OUT_PAIRS, POSITION_WORDS, POSITIONS, SHAPES, SIZES, ShapesConfig,
                                      make_caption, make_shapes, mirror_caption, render, shapes_dataset)
+from t2i_helpers.data.shapes_zh import english_annotation, make_caption_zh, write_chinese_captions, zh_path
 from t2i_helpers.errors import AssetMissingError, DatasetError
 
 __all__ = ["Batch", "CachedLoader", "ImageCache", "center_crop_resize", "CocoCaptionsDataset", "collate_captions",
            "inspect_dataset", "load_captions_index", "open_rgb", "words", "KNOWN_FILES", "annotations_for",
            "download_coco", "locate_coco", "EvalData", "load_eval_data", "sample_caption_ids", "to_float",
            "to_pixels", "to_uint8", "COLORS", "HELD_OUT_PAIRS", "POSITION_WORDS", "POSITIONS", "SHAPES", "SIZES",
-           "ShapesConfig", "make_caption", "make_shapes", "mirror_caption", "render", "shapes_dataset", "AssetMissingError",
+           "ShapesConfig", "make_caption", "make_shapes", "mirror_caption", "render", "shapes_dataset", "english_annotation", "make_caption_zh",
+           "write_chinese_captions", "zh_path", "AssetMissingError",
            "DatasetError"]

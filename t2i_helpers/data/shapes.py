@@ -30,6 +30,7 @@ from t2i_helpers.config import by_tier, data_dir
 from t2i_helpers.errors import T2IError
 from t2i_helpers.data.drawing import (ATTRIBUTES, COLORS, HELD_OUT_PAIRS, MAX_IMAGE_SIZE, MAX_JITTER, MIN_IMAGE_SIZE,
                                       POSITIONS, SHAPES, SIZES, check_image_size, object_box, paint, render)
+from t2i_helpers.data.shapes_zh import write_chinese_captions, zh_path
 from t2i_helpers.files import atomic_write_bytes
 
 OMIT_PROBABILITY = 1 / 3  # each caption leaves out the size (and, independently, the position) this often
@@ -98,6 +99,15 @@ class ShapesPaths:
     images_dir: Path
     train_json: Path
     val_json: Path
+
+    @property
+    def train_json_zh(self) -> Path:
+        """The Chinese captions of the train split (same images and ``mentions``; :mod:`shapes_zh`)."""
+        return zh_path(self.train_json)
+
+    @property
+    def val_json_zh(self) -> Path:
+        return zh_path(self.val_json)
 
 
 # ------------------------------------------------------------------------------------------ captions
@@ -240,6 +250,7 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
     images_dir, ann_dir = root / "images", root / "annotations"
     paths = ShapesPaths(root, images_dir, ann_dir / "captions_train.json", ann_dir / "captions_val.json")
     if _up_to_date(paths, config):
+        _write_chinese(paths, config)  # folders made before the Chinese captions get them now
         return paths
     images_dir.mkdir(parents=True, exist_ok=True)
     ann_dir.mkdir(parents=True, exist_ok=True)
@@ -259,12 +270,24 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
     # The JSON files last: their presence says the images are complete.
     atomic_write_bytes(paths.train_json, _coco_json("train", config, train[0], train[1]))
     atomic_write_bytes(paths.val_json, _coco_json("val", config, val[0], val[1]))
+    _write_chinese(paths, config)
     return paths
 
 
+def _write_chinese(paths: ShapesPaths, config: ShapesConfig) -> None:
+    """The Chinese files beside the English ones, from them (a no-op when they are current)."""
+    for english in (paths.train_json, paths.val_json):
+        write_chinese_captions(english, config.seed)
+
+
+_MIRROR_ZH = str.maketrans({"左": "右", "右": "左"})
+
+
 def mirror_caption(caption: str) -> str:
-    """The caption of the left-right mirror image: "left" and "right" swap ("top-left" too)."""
-    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
+    """The caption of the left-right mirror image: "left" and "right" swap ("top-left" too), and so do
+    the Chinese 左 and 右 (左上角 <-> 右上角)."""
+    swapped = re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", caption)
+    return swapped.translate(_MIRROR_ZH)
 
 
 def shapes_dataset(images: int | None = None, image_size: int = 64, seed: int = 0) -> Path:

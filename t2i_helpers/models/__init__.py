@@ -1,9 +1,12 @@
 """The generators, one file each; :data:`FAMILIES` maps the CLI's ``--model`` name to (config class, model class).
 
 * :mod:`~t2i_helpers.models.baseline`: the reference's regression decoder (MSE: the conditional mean);
-* :mod:`~t2i_helpers.models.gan`: a conditional GAN (matching-aware hinge loss, MA-GP, DiffAugment);
+* :mod:`~t2i_helpers.models.gan`: a conditional GAN (its losses in ``gan_losses``: matching-aware hinge,
+  MA-GP; DiffAugment and ADA in ``diffaugment``);
 * :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance;
-* :mod:`~t2i_helpers.models.stylegan`: a StyleGAN2-style generator against the GAN's discriminator.
+* :mod:`~t2i_helpers.models.stylegan`: a StyleGAN2-style generator against the GAN's discriminator;
+* :mod:`~t2i_helpers.models.captioner`: the other direction, image to text (not a generator family:
+  it has its own training loop, :mod:`t2i_helpers.train.captioning`).
 """
 from __future__ import annotations
 
@@ -13,9 +16,12 @@ from typing import Any
 from t2i_helpers.config import tier_config
 from t2i_helpers.models import reference
 from t2i_helpers.models.base import T2IModel
+from t2i_helpers.models.captioner import Captioner, CaptionerConfig, Vocabulary, beam_search, beam_step, tokenize
 from t2i_helpers.models.baseline import BaselineConfig, ImageDecoder, TextToImageModel
 from t2i_helpers.models.diffusion import DiffusionConfig, TextDiffusion, alpha_bar, alpha_sigma
-from t2i_helpers.models.gan import ConditionalGAN, GANConfig, diff_augment, ma_gp, matching_aware_hinge
+from t2i_helpers.models.diffaugment import AdaptiveAugment, diff_augment
+from t2i_helpers.models.gan import ConditionalGAN, GANConfig
+from t2i_helpers.models.gan_losses import Frozen, ma_gp, matching_aware_hinge
 from t2i_helpers.models.stylegan import StyleGAN, StyleGANConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
@@ -62,5 +68,6 @@ def build_model(family: str, config: Any | None, text_dim: int) -> T2IModel:
 
 __all__ = ["T2IModel", "FAMILIES", "FAMILY_NAMES", "model_classes", "default_config", "config_from_dict",
            "build_model", "reference", "BaselineConfig", "ImageDecoder", "TextToImageModel", "GANConfig",
-           "ConditionalGAN", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
-           "alpha_bar", "alpha_sigma", "StyleGAN", "StyleGANConfig"]
+           "ConditionalGAN", "AdaptiveAugment", "Frozen", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
+           "alpha_bar", "alpha_sigma", "StyleGAN", "StyleGANConfig", "Captioner", "CaptionerConfig", "Vocabulary",
+           "beam_search", "beam_step", "tokenize"]

