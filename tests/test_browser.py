@@ -134,7 +134,9 @@ def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
     folder.mkdir()
     shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("T2I_")}
-    env.update(T2I_SMOKE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg",
+    # One thread in the kernel: smoke-sized models gain nothing from two, and two threads that spin
+    # beside another job (a parallel test, a training run) made the notebook run 7 minutes instead of one.
+    env.update(T2I_SMOKE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1",
                T2I_DATA=str(tmp_path / "data"), T2I_RUNS=str(tmp_path / "runs"), T2I_FIGURES=str(tmp_path / "figures"),
                JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"), JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "lab-settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "lab-workspaces"))
@@ -146,9 +148,9 @@ def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
         wait = WebDriverWait(driver, 60)
         driver.get(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}")
         run_all_cells(driver, wait)
-        slow = WebDriverWait(driver, 420)  # every cell, the judge's training included (smoke: about a minute)
+        slow = WebDriverWait(driver, 900)  # every cell, the judge's training included (smoke: about a minute)
         slow.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".t2i-studio .t2i-caption input"))
-        WebDriverWait(driver, 420, poll_frequency=2).until(
+        WebDriverWait(driver, 900, poll_frequency=2).until(
             lambda d: "07_ratings.csv" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook").text)  # the last cell ran
 
         generate(driver, wait, "")  # bad input: one line, and the kernel lives on
