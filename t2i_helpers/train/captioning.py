@@ -35,7 +35,7 @@ from t2i_helpers.train.config import CHECKPOINT, CONFIG, METRICS, TrainConfig
 from t2i_helpers.train.device import pick_device
 from t2i_helpers.train.log import MetricsLog
 from t2i_helpers.train.runfolder import RunLock, check_start, data_digest, read_checkpoint
-from t2i_helpers.train.shipped import MAX_BYTES, portable_path, read_sums, sha256, shipped_dir
+from t2i_helpers.train.shipped import MAX_BYTES, check_shipped_files, portable_path, read_sums, sha256, shipped_dir
 from t2i_helpers.train.state import EMA, adamw, jsonable, lr_factor, save_or_explain
 
 FAMILY = "captioner"
@@ -180,15 +180,7 @@ def export_captioner(run_dir: str | Path, out_dir: str | Path | None = None, com
 def load_shipped_captioner(tier: str = "cpu", device: str = "auto", folder: str | Path | None = None) -> Captioner:
     """The shipped captioner of ``tier``; a file whose SHA-256 differs from ``SHA256SUMS`` is refused."""
     folder = Path(folder) if folder is not None else shipped_dir(tier)
-    weights, record_path = folder / f"{FAMILY}.safetensors", folder / f"{FAMILY}.json"
-    sums = read_sums(folder)
-    for path in (weights, record_path, folder / f"{FAMILY}.metrics.csv"):
-        if not path.exists():
-            raise TrainingError(f"no shipped captioner: {path} is missing; train one with "
-                                f"`python -m t2i_helpers {RECIPE}`")
-        if path.name not in sums or sha256(path) != sums[path.name]:
-            raise TrainingError(f"{path} does not match its SHA-256 in {folder / 'SHA256SUMS'}: "
-                                "the file is damaged or was replaced; restore it with git")
+    weights, record_path = check_shipped_files(folder, FAMILY, RECIPE, require_listed=True)
     return _build(json.loads(record_path.read_text()), load_file(str(weights)), weights, device,
                   folder / f"{FAMILY}.metrics.csv")
 

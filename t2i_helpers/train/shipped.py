@@ -93,21 +93,30 @@ def export_run(run_dir: str | Path, out_dir: str | Path, command: str = "", name
     return weights
 
 
+def check_shipped_files(folder: Path, name: str, recipe: str, require_listed: bool = False) -> tuple[Path, Path]:
+    """``<name>.safetensors`` and ``<name>.json`` of ``folder``, once they and ``<name>.metrics.csv`` exist
+    and match ``SHA256SUMS`` (with ``require_listed``, a file it does not list is refused too); otherwise
+    one line that says what to do. Read once: the digests file is not re-read per file."""
+    weights, record_path = folder / f"{name}.safetensors", folder / f"{name}.json"
+    sums = read_sums(folder)
+    for path in (weights, record_path, folder / f"{name}.metrics.csv"):
+        if not path.exists():
+            raise TrainingError(f"no shipped {name} checkpoint: {path} is missing; "
+                                f"train one with `python -m t2i_helpers {recipe}`")
+        expected = sums.get(path.name)
+        if (expected is None and require_listed) or (expected is not None and sha256(path) != expected):
+            raise TrainingError(f"{path} does not match its SHA-256 in {folder / 'SHA256SUMS'}: "
+                                "the file is damaged or was replaced; restore it with git")
+    return weights, record_path
+
+
 def load_shipped(family: str, tier: str = "cpu", device: str = "auto", folder: str | Path | None = None,
                  name: str | None = None) -> LoadedRun:
     """The shipped ``family`` model of ``tier`` as a :class:`LoadedRun` (float32 weights); ``name``
     picks another shipped model of the family (``load_shipped("diffusion", name="diffusion-zh")``)."""
     folder = Path(folder) if folder is not None else shipped_dir(tier)
     name = name or family
-    weights, record_path = folder / f"{name}.safetensors", folder / f"{name}.json"
-    for path in (weights, record_path, folder / f"{name}.metrics.csv"):
-        if not path.exists():
-            raise TrainingError(f"no shipped {name} checkpoint: {path} is missing; "
-                                f"train one with `python -m t2i_helpers {RECIPES.get(name, RECIPES[family])}`")
-        expected = read_sums(folder).get(path.name)
-        if expected is not None and sha256(path) != expected:
-            raise TrainingError(f"{path} does not match its SHA-256 in {folder / 'SHA256SUMS'}: "
-                                "the file is damaged or was replaced; restore it with git")
+    weights, record_path = check_shipped_files(folder, name, RECIPES.get(name, RECIPES[family]))
     record = json.loads(record_path.read_text())
     model_config = config_from_dict(family, record["model"])
     model = build_model(family, model_config, int(record["text_dim"]))
