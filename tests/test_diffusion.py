@@ -411,3 +411,61 @@ def test_without_a_guidance_the_sampler_uses_the_configs():
     sample = lambda **o: model.generate(text, tokens, mask, torch.Generator().manual_seed(0), steps=3, **o)  # noqa: E731
     assert torch.equal(sample(), sample(guidance=2.0)) and not torch.equal(sample(), sample(guidance=3.0))
     assert DiffusionConfig().guidance == 3.0 and DiffusionConfig.cpu().guidance == 2.0
+
+
+# ---- flow matching (objective="flow") ----------------------------------------------------------------
+
+
+def test_flow_loss_is_the_plain_velocity_mse_on_the_straight_path(monkeypatch):
+    model = TextDiffusion(tiny(objective="flow"), TEXT_DIM)
+    seen = {}
+
+    class Echo(nn.Module):  # returns 0.5 x_t and records what it was given
+        def forward(self, x_t, t, *cond):
+            seen.update(x_t=x_t, t=t)
+            return 0.5 * x_t
+
+    monkeypatch.setattr(model, "unet", Echo())
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1, torch.randn(3, 3, 16, 16, generator=g)
+    t = torch.tensor([0.1, 0.5, 0.9])
+    got = model.diffusion_loss(x0, t, noise, *conditions(3))["loss"]
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x0 + t.view(-1, 1, 1, 1) * noise
+    assert torch.allclose(seen["x_t"], x_t, atol=1e-6)
+    expected = (0.5 * x_t - (noise - x0)).pow(2).mean()  # no weighting: every t counts the same
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_flow_times_are_logit_normal(monkeypatch):
+    model = TextDiffusion(tiny(objective="flow", logit_mean=0.5, logit_std=1.0), TEXT_DIM)
+    seen = {}
+    monkeypatch.setattr(model, "diffusion_loss", lambda x0, t, *rest: seen.update(t=t) or {"loss": torch.zeros(())})
+    b = 4000
+    model.training_losses(Batch(torch.zeros(b, 3, 16, 16), torch.randn(b, TEXT_DIM), None, None))
+    logit = torch.logit(seen["t"].double())
+    assert logit.mean().item() == pytest.approx(0.5, abs=0.01) and logit.std().item() == pytest.approx(1.0, abs=0.02)
+    assert ((seen["t"] > 0) & (seen["t"] < 1)).all()
+
+
+def test_flow_step_is_an_euler_step_and_the_true_velocity_lands_on_x0():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(2, 3, 8, 8, generator=g) * 1.8 - 0.9, torch.randn(2, 3, 8, 8, generator=g)
+    u = eps - x0
+    x = 0.4 * x0 + 0.6 * eps  # the straight path at t = 0.6
+    step = TextDiffusion.ddim_step(x, u, 0.6, 0.25, clip_denoised=False, objective="flow")
+    assert torch.allclose(step, x + (0.25 - 0.6) * u, atol=1e-6)
+    assert torch.allclose(step, 0.75 * x0 + 0.25 * eps, atol=1e-6)  # still on the path
+    assert torch.allclose(TextDiffusion.ddim_step(x, u, 0.6, 0.0, objective="flow"), x0, atol=1e-6)
+    with pytest.raises(T2IError, match="eta"):
+        TextDiffusion.ddim_step(x, u, 0.6, 0.25, eta=1.0, noise=torch.zeros_like(x), objective="flow")
+
+
+def test_a_flow_model_samples_and_a_bad_objective_is_one_line():
+    torch.manual_seed(0)
+    model = randomise_zero_parameters(TextDiffusion(tiny(objective="flow"), TEXT_DIM)).eval()
+    text, tokens, mask = conditions(2)
+    images = model.generate(text, tokens, mask, generator=torch.Generator().manual_seed(0), steps=3, guidance=2.0)
+    again = model.generate(text, tokens, mask, generator=torch.Generator().manual_seed(0), steps=3, guidance=2.0)
+    assert images.shape == (2, 3, 16, 16) and torch.equal(images, again) and images.abs().max() <= 1
+    with pytest.raises(T2IError, match="objective must be one of"):
+        tiny(objective="eps")
