@@ -44,6 +44,32 @@ def coco_mini() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cpu_tier_judge(tmp_path_factory):
+    """The cpu tier's Shapes (4,000 images at 64 px, seed 0, in this session's T2I_DATA) and the project's
+    judge trained on it once, with one torch thread: (paths, judge, training report, cache folder).
+
+    Shared by the judge's own tests and the shipped checkpoints' tests, which each trained it before
+    (about 45 s each on 2 cores).
+    """
+    import torch
+
+    from t2i_helpers.config import data_dir
+    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
+    from t2i_helpers.judges.classifier import ClassifierConfig, load_or_train_attribute_classifier
+
+    paths = make_shapes(data_dir() / "shapes-4000-64px-seed0", ShapesConfig(images=4000, image_size=64, seed=0))
+    cache = tmp_path_factory.mktemp("classifier-cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny CNN gains little from 2 threads and loses a lot on a busy machine
+    try:
+        judge, report = load_or_train_attribute_classifier(paths.images_dir, paths.train_json,
+                                                           config=ClassifierConfig(), cache_dir=cache)
+    finally:
+        torch.set_num_threads(threads)
+    return paths, judge, report, cache
+
+
+@pytest.fixture(scope="session")
 def tiny_train_data(tmp_path_factory) -> tuple[Path, Path]:
     """60 Shapes images at 32 px (seed 3): (image folder, train annotations), for engine tests."""
     from t2i_helpers.data.shapes import ShapesConfig, make_shapes

@@ -17,33 +17,24 @@ from t2i_helpers.judges.classifier import (
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from t2i_helpers.data.shapes import ShapesConfig, make_shapes
-
-    # 1,200 images, not fewer: with 480 training images the judge of seed 0 made 1 shape error in 120 val
-    # images on torch 2.14 and 3 on torch 2.3 (numerics differ), too close to the 0.99 asked below.
-    # With 960 it makes 1 in 240 on both.
-    return make_shapes(tmp_path_factory.mktemp("shapes"), ShapesConfig(images=1200, image_size=64, seed=0))
+def shapes(cpu_tier_judge):
+    # The cpu tier's 4,000 images (3,200 train, 800 val), shared with tests/test_shipped.py. Not fewer
+    # than about 1,000: with 480 training images the judge of seed 0 made 1 shape error in 120 val images
+    # on torch 2.14 and 3 on torch 2.3 (numerics differ), too close to the 0.99 asked below.
+    return cpu_tier_judge[0]
 
 
 @pytest.fixture(scope="module")
-def trained(shapes, tmp_path_factory):
-    """The default configuration, trained once on 960 train images (cached in a temp folder)."""
-    cache = tmp_path_factory.mktemp("classifier-cache")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny CNN gains little from 2 threads and loses a lot on a busy machine
-    try:
-        model, report = load_or_train_attribute_classifier(shapes.images_dir, shapes.train_json,
-                                                           config=ClassifierConfig(), cache_dir=cache)
-    finally:
-        torch.set_num_threads(threads)
+def trained(cpu_tier_judge):
+    """The default configuration, trained once on the 3,200 train images (cached in a temp folder)."""
+    _, model, report, cache = cpu_tier_judge
     return model, report, cache
 
 
 @pytest.mark.slow  # trains the classifier: tens of seconds on 2 CPU cores
 def test_classifier_reads_every_attribute_of_real_val_images(trained):
     _, report, _ = trained
-    assert report["from_cache"] is False and report["train_images"] == 960 and report["val_images"] == 240
+    assert report["from_cache"] is False and report["train_images"] == 3200 and report["val_images"] == 800
     for name in ("color", "shape", "size", "position"):
         assert report["val_accuracy"][name] >= 0.99, report["val_accuracy"]
     # colour-shape pairs absent from the train split are read as well as the others

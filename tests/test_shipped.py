@@ -91,17 +91,12 @@ def test_load_or_train_prefers_the_run_folder_then_trains(shapes, tmp_path, caps
 # ---- the shipped cpu-tier models themselves --------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def judged_val():
+def judged_val(cpu_tier_judge):
     """The cpu tier's Shapes (4,000 images, in this session's T2I_DATA) and the project's judge on it."""
-    from t2i_helpers.data.shapes import shapes_dataset
     from t2i_helpers.data.evalset import load_eval_data, sample_caption_ids
-    from t2i_helpers.judges.classifier import ClassifierConfig, load_or_train_attribute_classifier
 
-    root = shapes_dataset(images=4000)
-    ann = root / "annotations"
-    judge, report = load_or_train_attribute_classifier(root / "images", ann / "captions_train.json",
-                                                       config=ClassifierConfig(), device="cpu")
-    data = load_eval_data(root / "images", ann / "captions_val.json", image_size=32)
+    paths, judge, report, _ = cpu_tier_judge
+    data = load_eval_data(paths.images_dir, paths.val_json, image_size=32)
     return judge, report, data, sample_caption_ids(data, 96, seed=0)
 
 
