@@ -31,7 +31,7 @@ from t2i_helpers.config import tier_config
 from t2i_helpers.data.evalset import load_eval_data
 from t2i_helpers.data.images import to_float
 from t2i_helpers.data.shapes import COLORS, POSITIONS, SHAPES, SIZES
-from t2i_helpers.data.shapes_zh import english_annotation
+from t2i_helpers.data.shapes_phrasings import standard_annotation
 from t2i_helpers.errors import T2IError
 from t2i_helpers.files import file_digest
 from t2i_helpers.judges.augment import Augmenter
@@ -311,10 +311,11 @@ def load_or_train_attribute_classifier(
     """The classifier for this dataset: trained once, then read from ``data_dir()/cache/classifier``.
 
     ``ann_file`` may be either split's JSON: training always uses the train split, the report the val
-    split. A Chinese Shapes file (``*.zh.json``) gets the judge of its English file. The cache key hashes both annotation files and the config, so a regenerated dataset or a
+    split. A Chinese or paraphrase file (``*.zh.json``, ``*.phrasings.json``, ``*.paraphrased.json``) gets the
+    judge of its standard English file. The cache key hashes both annotation files and the config, so a regenerated dataset or a
     changed setting retrains.
     """
-    ann_file = english_annotation(Path(ann_file))  # Chinese Shapes captions: the same images, the same judge
+    ann_file = standard_annotation(Path(ann_file))  # Chinese or paraphrased captions: the same images, the same judge
     train_ann = sibling_split(ann_file, "train") or ann_file
     val_ann = sibling_split(ann_file, "val")
     config = config or tier_config(ClassifierConfig)
