@@ -77,17 +77,20 @@ def _train_config(args: argparse.Namespace):
 
 
 def _model_config(args: argparse.Namespace):
-    """The tier's model config, with ``--augment`` applied (GANs only); None keeps the engine's default."""
-    augment = getattr(args, "augment", None)
-    if augment is None:
+    """The tier's model config with ``--augment`` and ``--contrastive`` applied (GANs only); None keeps
+    the engine's default."""
+    augment, contrastive = getattr(args, "augment", None), getattr(args, "contrastive", None)
+    if augment is None and contrastive is None:
         return None
+    flag = "--augment" if augment is not None else "--contrastive"
     if args.model not in ("gan", "stylegan"):
-        raise T2IError(f"--augment applies to gan and stylegan, not {args.model}")
+        raise T2IError(f"{flag} applies to gan and stylegan, not {args.model}")
     if args.resume:
-        raise T2IError("--augment cannot change a run being resumed (its model config is saved with it)")
-    config = default_config(args.model)
-    fields = {"diffaugment": {}, "ada": {"ada_target": 0.6}, "none": {"diffaug_policy": ""}}[augment]
-    return dataclasses.replace(config, **fields)
+        raise T2IError(f"{flag} cannot change a run being resumed (its model config is saved with it)")
+    fields = {"diffaugment": {}, "ada": {"ada_target": 0.6}, "none": {"diffaug_policy": ""}}[augment or "diffaugment"]
+    if contrastive is not None:
+        fields["contrastive_weight"] = contrastive
+    return dataclasses.replace(default_config(args.model), **fields)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -113,6 +113,9 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--augment", choices=AUGMENT_CHOICES,
                    help="gan, stylegan: what D's images go through: diffaugment (default), ada (its adaptive "
                         "probability, target 0.6), none")
+    p.add_argument("--contrastive", type=positive_float, metavar="WEIGHT",
+                   help="gan, stylegan: add the multi-task contrastive loss between D's image features and the "
+                        "captions, with this weight (notebook 06; 1.0 there)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
     p.set_defaults(func=handlers["train"])

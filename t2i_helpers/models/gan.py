@@ -37,7 +37,7 @@ from t2i_helpers.data.batch import Batch
 from t2i_helpers.errors import T2IError
 from t2i_helpers.models.base import T2IModel, training_images
 from t2i_helpers.models.diffaugment import AdaptiveAugment, diff_augment
-from t2i_helpers.models.gan_losses import Frozen, ma_gp, matching_aware_hinge
+from t2i_helpers.models.gan_losses import Frozen, caption_contrastive, ma_gp, matching_aware_hinge
 
 SUPPORTED_SIZES = (16, 32, 64, 128)
 
@@ -58,6 +58,12 @@ class GANConfig:
     fake_weight: float = 0.5
     ma_gp_weight: float = 2.0  # DF-GAN's MA-GP k; 0 turns the gradient penalty off
     ma_gp_power: float = 6.0  # DF-GAN's MA-GP p
+    # Multi-task (notebook 06): > 0 adds an image embedding head on D's 4x4 features and a caption
+    # embedding, tied by a contrastive loss (gan_losses.caption_contrastive) on real pairs in D's
+    # step and on generated pairs in G's step (XMC-GAN's image-sentence term). 0: no head at all.
+    contrastive_weight: float = 0.0
+    contrastive_dim: int = 64
+    contrastive_temperature: float = 0.1
     lr_g: float = 1e-4  # DF-GAN: two time-scale update rule, D learns 4x faster than G
     lr_d: float = 4e-4
     beta1: float = 0.0  # Adam betas (0.0, 0.9): no momentum, usual for GANs
@@ -217,6 +223,14 @@ class Discriminator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Conv2d(chans[1], 1, 4, bias=False),  # 4x4 -> 1x1: one logit per pair
         )
+        if config.contrastive_weight > 0:  # flattened, so the embedding keeps where things are
+            self.image_embed = nn.Linear(chans[-1] * 4 * 4, config.contrastive_dim)
+            self.text_embed = nn.Linear(text_dim, config.contrastive_dim)
+
+    def contrastive(self, features: Tensor, text: Tensor, raw_text: Tensor, temperature: float) -> Tensor:
+        """The contrastive loss of (image features, caption) pairs; identical captions are not negatives."""
+        same = (raw_text[:, None, :] == raw_text[None, :, :]).all(dim=2)
+        return caption_contrastive(self.image_embed(features.flatten(1)), self.text_embed(text), same, temperature)
 
     def features(self, images: Tensor) -> Tensor:
         return self.blocks(self.from_rgb(images))  # [B, C, 4, 4]
@@ -319,6 +333,10 @@ class ConditionalGAN(T2IModel):
         losses = matching_aware_hinge(
             real_logits, mismatch_logits, fake_logits, valid, cfg.mismatch_weight, cfg.fake_weight
         )
+        if cfg.contrastive_weight > 0:  # the multi-task term, on the real (image, caption) pairs
+            aux = self.discriminator.contrastive(real_feats, text, batch.text, cfg.contrastive_temperature)
+            losses["loss"] = losses["loss"] + cfg.contrastive_weight * aux
+            losses["contrastive"] = aux
         if use_gp:
             gp = ma_gp(real_logits, real, text, cfg.ma_gp_weight, cfg.ma_gp_power)
             losses["loss"] = losses["loss"] + gp
@@ -333,10 +351,17 @@ class ConditionalGAN(T2IModel):
     def _generator_losses(self, batch: Batch) -> dict[str, Tensor]:
         text = batch.text.to(self.anchor.dtype)
         fake = self.generator(self.sample_noise(text.shape[0]), text)
+        cfg = self.config
         with Frozen(self.discriminator):  # gradients reach G through D, but D's weights get none
-            logits = self.discriminator(diff_augment(fake, self.config.diffaug_policy, self.augment_p), text)
-        loss = -logits.mean()  # hinge generator loss: raise D's score of (fake, caption)
-        return {"loss": loss, "g_adv": loss.detach()}
+            feats = self.discriminator.features(diff_augment(fake, cfg.diffaug_policy, self.augment_p))
+            logits = self.discriminator.judge(feats, text)
+            loss = -logits.mean()  # hinge generator loss: raise D's score of (fake, caption)
+            out = {"g_adv": loss.detach()}
+            if cfg.contrastive_weight > 0:  # ... and make each image pick out its own caption
+                aux = self.discriminator.contrastive(feats, text, batch.text, cfg.contrastive_temperature)
+                loss = loss + cfg.contrastive_weight * aux
+                out["contrastive"] = aux.detach()
+        return {"loss": loss, **out}
 
     @torch.no_grad()
     def generate(

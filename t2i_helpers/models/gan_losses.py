@@ -1,6 +1,7 @@
 """The GAN's losses (DF-GAN's): the matching-aware hinge loss of the discriminator, its MA-GP gradient
 penalty, and :class:`Frozen`, which keeps D's weights out of the generator's step. Notebook 04
-writes them out and checks them against these."""
+writes them out and checks them against these. Also the optional multi-task term, a contrastive
+loss between D's image features and the captions (notebook 06)."""
 from __future__ import annotations
 
 import torch
@@ -66,3 +67,20 @@ class Frozen:
     def __exit__(self, *exc):
         for p, flag in zip(self.params, self.saved):
             p.requires_grad_(flag)
+
+
+def caption_contrastive(image_emb: Tensor, text_emb: Tensor, same: Tensor, temperature: float) -> Tensor:
+    """InfoNCE between the images and the captions of one batch (as in XMC-GAN, Zhang et al. 2021).
+
+    Each image should pick its own caption out of the batch's, and each caption its own image: a
+    cross-entropy over cosine similarities / ``temperature``, both ways, averaged. ``same`` [B, B] is
+    True where two captions are identical (two "a red circle" in one batch): such a pair is not a
+    negative, so it is left out of the softmax.
+    """
+    image = F.normalize(image_emb.float(), dim=1)
+    text = F.normalize(text_emb.float(), dim=1)
+    logits = image @ text.T / temperature
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
