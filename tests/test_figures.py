@@ -25,7 +25,7 @@ from t2i_helpers.viz import latex_escape, mean_with_ci, save_figure, save_table,
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COURSE = NOTEBOOKS
-RERUN = "06"  # the second run: the quickest notebook that writes tables (three of them), to keep CI short
+RERUN = "06"  # the notebook that writes the most tables (six), run twice: its tables must come out byte-identical
 
 
 # ------------------------------------------------------------------ what the notebooks call
@@ -162,7 +162,7 @@ def run_command(out: Path, prefixes: list[str]) -> None:
     assert main(["figures", "--tier", "smoke", "--out", str(out), "--notebooks", *prefixes]) == 0
 
 
-@pytest.mark.slow  # notebook 06 (three tables, six figures) twice in the smoke tier: about a minute
+@pytest.mark.slow  # notebook 06 (six tables, five figures) twice in the smoke tier: about two minutes
 def test_the_command_makes_a_notebooks_figures_and_reproduces_its_tables(tmp_path, monkeypatch):
     """The command end to end on one notebook, run twice. That every notebook's figures are made is
     checked where every notebook runs anyway: ``tools/check_notebooks.py here`` ends with
