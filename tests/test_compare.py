@@ -140,3 +140,35 @@ def test_compare_without_a_val_split_is_a_clear_error(shapes, tmp_path):
     with pytest.raises(T2IError, match="budget of gan must be more than 0 minutes, got 0"):
         compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp",
                        CompareConfig(minutes_by_model={"gan": 0.0}))
+
+
+def test_model_variants_name_config_fields():
+    from t2i_helpers.cli.compare import model_variant
+    from t2i_helpers.errors import T2IError
+
+    family, config = model_variant("diffusion:objective=flow,logit_mean=1.0,attention_resolutions=[4, 8]")
+    assert family == "diffusion" and config.objective == "flow" and config.logit_mean == 1.0
+    assert config.attention_resolutions == (4, 8)
+    family, config = model_variant("gan:contrastive_weight=1,diffaug_policy=")
+    assert family == "gan" and config.contrastive_weight == 1 and config.diffaug_policy == ""
+    assert model_variant("baseline")[0] == "baseline"
+    for bad, message in (("gan:no_such_field=1", "not FIELD=VALUE"), ("gan:contrastive_weight", "not FIELD=VALUE"),
+                         ("unicorn", "unknown model")):
+        with pytest.raises(T2IError, match=message):
+            model_variant(bad)
+
+
+@pytest.mark.slow
+def test_compare_trains_variants_beside_their_family(shapes, tmp_path, monkeypatch):
+    from t2i_helpers.train import load_run
+
+    monkeypatch.setenv("T2I_SMOKE", "1")
+    torch.set_num_threads(1)
+    config = CompareConfig(families=("gan", "gan:contrastive_weight=1.0", "diffusion:objective=flow"), minutes=5.0,
+                           max_steps=2, eval_captions=8, device="cpu", sample_steps=2, batch_size=4, curve_points=1)
+    result = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
+    assert [r["model"] for r in result.rows] == list(config.families)
+    assert load_run(tmp_path / "cmp" / "gan_contrastive_weight_1.0").model_config.contrastive_weight == 1.0
+    assert load_run(tmp_path / "cmp" / "gan").model_config.contrastive_weight == 0.0
+    assert load_run(tmp_path / "cmp" / "diffusion_objective_flow").model_config.objective == "flow"
+    assert result.rows[2]["generate_options"] == {"guidance": 3.0, "steps": 2}

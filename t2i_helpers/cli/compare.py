@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +40,8 @@ ATTRIBUTES = ("color", "shape", "size", "position")
 class CompareConfig:
     """What to compare and how long each model may train (defaults: the cpu and gpu tiers; ``smoke()`` for CI)."""
 
+    # Each entry: a family, or a variant "family:field=value,field=value" of its tier config, e.g.
+    # "gan:contrastive_weight=1.0" or "diffusion:objective=flow,logit_mean=1.0" (model_variant).
     families: tuple[str, ...] = ("baseline", "gan", "diffusion")
     minutes: float = 10.0  # training time per model
     minutes_by_model: dict[str, float] = field(default_factory=dict)  # overrides, e.g. {"diffusion": 6.0}
@@ -93,12 +96,34 @@ def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
     return [int(i) for i in picked]
 
 
-def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig,
+def model_variant(spec: str) -> tuple[str, Any]:
+    """``"gan"`` or ``"gan:contrastive_weight=1.0,diffaug_policy="`` -> (family, its tier config with
+    those fields). Values are read as JSON where they parse (numbers, true, lists), else as text."""
+    family, _, fields = spec.partition(":")
+    try:
+        config = default_config(family)
+    except (KeyError, ValueError, T2IError):
+        raise T2IError(f"unknown model {family!r} in {spec!r}") from None
+    names = {f.name: f for f in dataclasses.fields(config)}
+    values = {}
+    for item in filter(None, re.split(r",(?=\s*\w+=)", fields)):  # a comma inside [4, 8] is not a separator
+        name, eq, text = item.partition("=")
+        if not eq or name not in names:
+            raise T2IError(f"{spec!r}: {item!r} is not FIELD=VALUE with a field of {type(config).__name__}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        values[name] = tuple(value) if isinstance(value, list) else value
+    return family, dataclasses.replace(config, **values)
+
+
+def _train_one(spec: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig,
                score: Callable[[], dict[str, Any]]) -> dict:
-    """Train ``family`` for its budget in ``config.curve_points`` slices, calling ``score()`` after every
-    slice but the last (the caller scores the finished run in full); the summary holds the curve."""
-    model_config = default_config(family)
-    minutes = config.minutes_by_model.get(family, config.minutes)
+    """Train the model ``spec`` names for its budget in ``config.curve_points`` slices, calling ``score()``
+    after every slice but the last (the caller scores the finished run in full); the summary holds the curve."""
+    family, model_config = model_variant(spec)
+    minutes = config.minutes_by_model.get(spec, config.minutes_by_model.get(family, config.minutes))
     slices = config.curve_points
     train_config = dataclasses.replace(tier_config(TrainConfig), steps=config.max_steps,
                                        max_minutes=minutes / slices, seed=config.seed, device=config.device,
@@ -111,7 +136,7 @@ def _train_one(family: str, image_root: Path, train_ann: Path, run_dir: Path, co
     if record.exists() and (run_dir / "checkpoint.pt").exists():
         saved = json.loads(record.read_text())
         if saved.get("settings") == json.loads(json.dumps(settings)):
-            print(f"{family}: reusing the finished run in {run_dir}", flush=True)
+            print(f"{spec}: reusing the finished run in {run_dir}", flush=True)
             return saved["result"]
     seconds, curve = 0.0, []
     for k in range(slices):
@@ -263,8 +288,9 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     captions = [val.captions[i] for i in ids]
     rows, samples = [], {"real": val.images[val.caption_image[ids]]}
     json_path, table_path = out / "results.json", out / "results.md"
-    for family in config.families:
-        run_dir = out / family
+    for spec in config.families:
+        family, _ = model_variant(spec)
+        run_dir = out / "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
         options = {"guidance": config.guidance, "steps": config.sample_steps} if family == "diffusion" else {}
 
         def score_slice(run_dir=run_dir, options=options) -> dict[str, Any]:
@@ -272,16 +298,16 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
                                   seed=config.seed, contrastive=False, device=config.device, generate_options=options)
             return _scores(report)
 
-        training = _train_one(family, image_root, train_ann, run_dir, config, score_slice)
+        training = _train_one(spec, image_root, train_ann, run_dir, config, score_slice)
         run = load_run(run_dir, device=config.device)  # loaded once: scored, then drawn in the figure
         training["parameters"] = sum(p.numel() for p in run.model.parameters())
         report = evaluate_run(run, image_root, val_ann, n=config.eval_captions, fid=config.fid,
                               inception_weights=config.inception_weights, seed=config.seed, contrastive=False,
                               device=config.device, generate_options=options,
-                              error_figure_path=out / f"compare_errors_{family}")
-        rows.append(_row(family, training, report))
-        samples[family] = run.generate(captions, seed=config.seed, **options)
-        print(f"{family}: step {training['steps']}, all attributes right on val "
+                              error_figure_path=out / f"compare_errors_{run_dir.name}")
+        rows.append(_row(spec, training, report))
+        samples[spec] = run.generate(captions, seed=config.seed, **options)
+        print(f"{spec}: step {training['steps']}, all attributes right on val "
               f"{rows[-1].get('val_all', float('nan')):.3f}", flush=True)
         table = _write_results(config, rows, captions, json_path, table_path)
     trained = ", ".join(f"{r['model']} {r['train_minutes']:.1f} min" for r in rows)
@@ -294,5 +320,5 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     return CompareResult(rows, table, json_path, table_path, figure_paths, curve_paths)
 
 
-__all__ = ["CompareConfig", "CompareResult", "compare_models", "curve_figure", "format_curves", "format_table",
+__all__ = ["CompareConfig", "CompareResult", "compare_models", "model_variant", "curve_figure", "format_curves", "format_table",
            "grid_captions"]

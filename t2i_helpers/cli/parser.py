@@ -91,6 +91,16 @@ def _data_commands(sub: Any, handlers: dict) -> None:
 AUGMENT_CHOICES = ("diffaugment", "ada", "none")
 
 
+def _gan_options(p: argparse.ArgumentParser) -> None:
+    """train's options that change a GAN's model config (notebook 06)."""
+    p.add_argument("--augment", choices=AUGMENT_CHOICES,
+                   help="gan, stylegan: what D's images go through: diffaugment (default), ada (its adaptive "
+                        "probability, target 0.6), none")
+    p.add_argument("--contrastive", type=positive_float, metavar="WEIGHT",
+                   help="gan, stylegan: add the multi-task contrastive loss between D's image features and the "
+                        "captions, with this weight (notebook 06; 1.0 there)")
+
+
 def _train_commands(sub: Any, handlers: dict) -> None:
     p = sub.add_parser("train", help="train a model (baseline, gan, diffusion, stylegan)")
     p.add_argument("--model", required=True, choices=FAMILY_NAMES)
@@ -110,12 +120,7 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoint and log)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training step (GPU)")
     p.add_argument("--flip", choices=FLIPS, help="left-right flips of half the images: rewrite (the caption too), naive")
-    p.add_argument("--augment", choices=AUGMENT_CHOICES,
-                   help="gan, stylegan: what D's images go through: diffaugment (default), ada (its adaptive "
-                        "probability, target 0.6), none")
-    p.add_argument("--contrastive", type=positive_float, metavar="WEIGHT",
-                   help="gan, stylegan: add the multi-task contrastive loss between D's image features and the "
-                        "captions, with this weight (notebook 06; 1.0 there)")
+    _gan_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
     p.set_defaults(func=handlers["train"])
@@ -177,8 +182,9 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--data", nargs=2, required=True, metavar=("IMAGE_ROOT", "TRAIN_JSON"),
                    help="the train split; the val split next to it is scored")
     p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
-    p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"],
-                   choices=FAMILY_NAMES)
+    p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"], metavar="MODEL",
+                   help=f"families ({', '.join(FAMILY_NAMES)}) or variants FAMILY:FIELD=VALUE,..., e.g. "
+                        "gan:contrastive_weight=1.0 diffusion:objective=flow,logit_mean=1.0")
     p.add_argument("--minutes", type=positive_float, help="training time per model (default 10; smoke mode 0.1)")
     p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
     p.add_argument("--max-steps", type=positive_int, help="upper bound on steps per model")

@@ -19,7 +19,8 @@ from t2i_helpers.data.stats import inspect_dataset
 from t2i_helpers.data.shapes import (COLORS, HELD_OUT_PAIRS, POSITION_WORDS, POSITIONS, SHAPES, SIZES, ShapesConfig,
                                      make_caption, make_shapes, mirror_caption, render, shapes_dataset)
 from t2i_helpers.data.shapes_zh import english_annotation, make_caption_zh, write_chinese_captions, zh_path
-from t2i_helpers.data.shapes_phrasings import phrasing_paths, standard_annotation, write_phrasing_files
+from t2i_helpers.data.shapes_phrasings import (HELD_OUT_TEMPLATES, NP_HELD_OUT, NP_PARAPHRASE, PARAPHRASE_TEMPLATES,
+                                               phrase_caption, phrasing_paths, standard_annotation, write_phrasing_files)
 from t2i_helpers.errors import AssetMissingError, DatasetError
 
 __all__ = ["Batch", "CachedLoader", "ImageCache", "center_crop_resize", "CocoCaptionsDataset", "collate_captions",
@@ -27,6 +28,7 @@ __all__ = ["Batch", "CachedLoader", "ImageCache", "center_crop_resize", "CocoCap
            "download_coco", "locate_coco", "EvalData", "load_eval_data", "sample_caption_ids", "to_float",
            "to_pixels", "to_uint8", "COLORS", "HELD_OUT_PAIRS", "POSITION_WORDS", "POSITIONS", "SHAPES", "SIZES",
            "ShapesConfig", "make_caption", "make_shapes", "mirror_caption", "render", "shapes_dataset", "english_annotation", "make_caption_zh",
-           "write_chinese_captions", "zh_path", "phrasing_paths", "standard_annotation", "write_phrasing_files",
+           "write_chinese_captions", "zh_path", "HELD_OUT_TEMPLATES", "NP_HELD_OUT", "NP_PARAPHRASE", "PARAPHRASE_TEMPLATES",
+           "phrase_caption", "phrasing_paths", "standard_annotation", "write_phrasing_files",
            "AssetMissingError",
            "DatasetError"]

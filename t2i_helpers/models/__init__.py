@@ -21,7 +21,7 @@ from t2i_helpers.models.baseline import BaselineConfig, ImageDecoder, TextToImag
 from t2i_helpers.models.diffusion import DiffusionConfig, TextDiffusion, alpha_bar, alpha_sigma
 from t2i_helpers.models.diffaugment import AdaptiveAugment, diff_augment
 from t2i_helpers.models.gan import ConditionalGAN, GANConfig
-from t2i_helpers.models.gan_losses import Frozen, ma_gp, matching_aware_hinge
+from t2i_helpers.models.gan_losses import Frozen, caption_contrastive, ma_gp, matching_aware_hinge
 from t2i_helpers.models.stylegan import StyleGAN, StyleGANConfig
 
 FAMILIES: dict[str, tuple[type, type]] = {
@@ -68,6 +68,6 @@ def build_model(family: str, config: Any | None, text_dim: int) -> T2IModel:
 
 __all__ = ["T2IModel", "FAMILIES", "FAMILY_NAMES", "model_classes", "default_config", "config_from_dict",
            "build_model", "reference", "BaselineConfig", "ImageDecoder", "TextToImageModel", "GANConfig",
-           "ConditionalGAN", "AdaptiveAugment", "Frozen", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
+           "ConditionalGAN", "AdaptiveAugment", "Frozen", "caption_contrastive", "diff_augment", "ma_gp", "matching_aware_hinge", "DiffusionConfig", "TextDiffusion",
            "alpha_bar", "alpha_sigma", "StyleGAN", "StyleGANConfig", "Captioner", "CaptionerConfig", "Vocabulary",
            "beam_search", "beam_step", "tokenize"]
