@@ -123,3 +123,14 @@ def paint(image: np.ndarray, shape: str, color: str, size: str, position: str, j
     """Copy the precomputed tile into the (black) canvas: one slice assignment per image."""
     top, left, side = object_box(size, position, image.shape[0], jitter)
     image[top:top + side, left:left + side] = _tile(shape, color, side)
+
+
+# ------------------------------------------------------------------ caption helpers (every language)
+def pick_option(options, u: float):
+    """The option a uniform number in [0, 1) selects (captions draw all their random numbers up front)."""
+    return options[min(int(u * len(options)), len(options) - 1)]
+
+
+def with_article(phrase: str) -> str:
+    """``"a red circle"``, ``"an orange box"``."""
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase

@@ -29,7 +29,8 @@ from PIL import Image
 from t2i_helpers.config import by_tier, data_dir
 from t2i_helpers.errors import T2IError
 from t2i_helpers.data.drawing import (ATTRIBUTES, COLORS, HELD_OUT_PAIRS, MAX_IMAGE_SIZE, MAX_JITTER, MIN_IMAGE_SIZE,
-                                      POSITIONS, SHAPES, SIZES, check_image_size, object_box, paint, render)
+                                      POSITIONS, SHAPES, SIZES, check_image_size, object_box, paint, pick_option,
+                                      render, with_article)
 from t2i_helpers.data.shapes_zh import write_chinese_captions, zh_path
 from t2i_helpers.files import atomic_write_bytes
 
@@ -100,6 +101,13 @@ class ShapesPaths:
     train_json: Path
     val_json: Path
 
+    @classmethod
+    def at(cls, root: str | os.PathLike) -> "ShapesPaths":
+        """Where a Shapes folder keeps its images and its two annotation files."""
+        root = Path(root)
+        return cls(root, root / "images", root / "annotations" / "captions_train.json",
+                   root / "annotations" / "captions_val.json")
+
     @property
     def train_json_zh(self) -> Path:
         """The Chinese captions of the train split (same images and ``mentions``; :mod:`shapes_zh`)."""
@@ -111,15 +119,6 @@ class ShapesPaths:
 
 
 # ------------------------------------------------------------------------------------------ captions
-def _pick(options, u: float):
-    """The option a uniform number in [0, 1) selects (all random numbers are drawn in bulk, up front)."""
-    return options[min(int(u * len(options)), len(options) - 1)]
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 CAPTION_DRAWS = 6  # uniform numbers one caption consumes
 
 
@@ -134,14 +133,14 @@ def make_caption(attributes: dict, u) -> tuple[str, list[str]]:
         u = u.random(CAPTION_DRAWS)
     with_size = u[0] >= OMIT_PROBABILITY
     with_position = u[1] >= OMIT_PROBABILITY
-    words = [_pick(SIZE_WORDS[attributes["size"]], u[2])] if with_size else []
-    words += [attributes["color"], _pick(SHAPE_WORDS[attributes["shape"]], u[3])]
+    words = [pick_option(SIZE_WORDS[attributes["size"]], u[2])] if with_size else []
+    words += [attributes["color"], pick_option(SHAPE_WORDS[attributes["shape"]], u[3])]
     bare = " ".join(words)
-    template = _pick(TEMPLATES, u[4])[0 if with_position else 1]
-    fields = {"np": _article(bare), "np_bare": bare}
+    template = pick_option(TEMPLATES, u[4])[0 if with_position else 1]
+    fields = {"np": with_article(bare), "np_bare": bare}
     if with_position:
         phrases, label = POSITION_WORDS[attributes["position"]]
-        pos = _pick(phrases, u[5])
+        pos = pick_option(phrases, u[5])
         fields.update(pos=pos, Pos=pos[0].upper() + pos[1:], label=label)
     caption = template.format(**fields)
     mentions = ["color", "shape"] + (["size"] if with_size else []) + (["position"] if with_position else [])
@@ -246,9 +245,8 @@ def make_shapes(out_dir: str | os.PathLike, config: ShapesConfig | None = None, 
     same config is left as it is (generation is idempotent and cheap to call from a notebook).
     """
     config = config or ShapesConfig()
-    root = Path(out_dir)
-    images_dir, ann_dir = root / "images", root / "annotations"
-    paths = ShapesPaths(root, images_dir, ann_dir / "captions_train.json", ann_dir / "captions_val.json")
+    paths = ShapesPaths.at(out_dir)
+    images_dir, ann_dir = paths.images_dir, paths.train_json.parent
     if _up_to_date(paths, config):
         _write_chinese(paths, config)  # folders made before the Chinese captions get them now
         return paths

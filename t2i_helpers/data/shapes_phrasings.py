@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from t2i_helpers.data.drawing import pick_option, with_article
 from t2i_helpers.data.shapes import (OMIT_PROBABILITY, POSITION_WORDS, SHAPE_WORDS, SIZE_WORDS, TEMPLATES,
                                      ShapesPaths)
 from t2i_helpers.data.shapes_zh import english_annotation
@@ -54,26 +55,18 @@ PARAPHRASE_TEMPLATES: tuple[tuple[str, str], ...] = (
 )
 
 
-def _pick(options, u: float):
-    return options[min(int(u * len(options)), len(options) - 1)]
-
-
-def _article(phrase: str) -> str:
-    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
-
-
 def phrase_caption(attributes: dict, u, templates: tuple[tuple[str, str], ...], noun_phrases: tuple[str, str]
                    ) -> tuple[str, list[str]]:
     """One caption in ``templates`` for an image's attributes, and its ``mentions`` (``u``: 7 numbers)."""
     with_size, with_position = u[0] >= OMIT_PROBABILITY, u[1] >= OMIT_PROBABILITY
-    size = _pick(SIZE_WORDS[attributes["size"]], u[2]) if with_size else ""
-    shape, color = _pick(SHAPE_WORDS[attributes["shape"]], u[3]), attributes["color"]
-    standard = _article(" ".join([size, color, shape]).strip())
+    size = pick_option(SIZE_WORDS[attributes["size"]], u[2]) if with_size else ""
+    shape, color = pick_option(SHAPE_WORDS[attributes["shape"]], u[3]), attributes["color"]
+    standard = with_article(" ".join([size, color, shape]).strip())
     alt = noun_phrases[0 if with_size else 1].format(shape=shape, size=size, color=color)
-    template = _pick(templates, u[4])[0 if with_position else 1]
+    template = pick_option(templates, u[4])[0 if with_position else 1]
     fields = {"np": standard, "alt": alt}
     if with_position:
-        pos = _pick(POSITION_WORDS[attributes["position"]][0], u[5])
+        pos = pick_option(POSITION_WORDS[attributes["position"]][0], u[5])
         fields.update(pos=pos, Pos=pos[0].upper() + pos[1:])
     mentions = ["color", "shape"] + (["size"] if with_size else []) + (["position"] if with_position else [])
     return template.format(**fields), mentions
@@ -130,9 +123,7 @@ def write_phrasing_files(paths: ShapesPaths | str | Path, seed: int = 0) -> tupl
     """Write (or keep, if current) both files for a Shapes folder (its :class:`ShapesPaths` or its root,
     as :func:`shapes_dataset` returns it); returns the (train, val) paths."""
     if not isinstance(paths, ShapesPaths):
-        root = Path(paths)
-        paths = ShapesPaths(root, root / "images", root / "annotations" / "captions_train.json",
-                            root / "annotations" / "captions_val.json")
+        paths = ShapesPaths.at(paths)
     train_out, val_out = phrasing_paths(paths)
     return _write(paths.train_json, train_out, seed, False), _write(paths.val_json, val_out, seed, True)
 

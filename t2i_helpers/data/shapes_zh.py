@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from t2i_helpers.data.drawing import pick_option
 from t2i_helpers.errors import T2IError
 from t2i_helpers.files import atomic_write_bytes, file_digest
 
@@ -55,29 +56,25 @@ ZH_DRAWS = 6  # uniform numbers one Chinese caption consumes
 ZH_TRIES = 4  # wordings tried per caption to keep an image's captions distinct
 
 
-def _pick(options, u: float):
-    return options[min(int(u * len(options)), len(options) - 1)]
-
-
 def make_caption_zh(attributes: dict, mentions, u) -> str:
     """The Chinese caption for an image's ``attributes`` naming exactly ``mentions`` (colour and shape
     always; size and position if listed). ``u``: six uniform numbers in [0, 1) or a Generator."""
     if isinstance(u, np.random.Generator):
         u = u.random(ZH_DRAWS)
     shape = attributes["shape"]
-    color, noun = COLOR_ZH[attributes["color"]], _pick(SHAPE_ZH[shape], u[0])
-    measure = _pick(MEASURE_ZH[shape], u[1])
+    color, noun = COLOR_ZH[attributes["color"]], pick_option(SHAPE_ZH[shape], u[0])
+    measure = pick_option(MEASURE_ZH[shape], u[1])
     if "size" in mentions:
         bound, free = SIZE_ZH[attributes["size"]]
         # half the time 红色的大圆形, half the time 很大的红色圆形
-        body = f"{color}的{bound[0]}{noun}" if u[2] < 0.5 else f"{_pick(free, 2 * u[2] - 1)}{color}{noun}"
+        body = f"{color}的{bound[0]}{noun}" if u[2] < 0.5 else f"{pick_option(free, 2 * u[2] - 1)}{color}{noun}"
     else:
         body = f"{color}的{noun}" if u[2] < 0.5 else f"{color}{noun}"
-    template = _pick(TEMPLATES_ZH, u[3])
+    template = pick_option(TEMPLATES_ZH, u[3])
     if "position" not in mentions:
         return template[1].format(np=measure + body)
-    pos = _pick(POSITION_ZH[attributes["position"]], u[4])
-    return template[0].format(np=measure + body, pos=pos, posp=_pick(PLACE_PHRASES, u[5]).format(pos=pos))
+    pos = pick_option(POSITION_ZH[attributes["position"]], u[4])
+    return template[0].format(np=measure + body, pos=pos, posp=pick_option(PLACE_PHRASES, u[5]).format(pos=pos))
 
 
 def zh_path(english_json: str | Path) -> Path:
