@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit notebooks notebooks-other-cpu notebooks-colab notebooks-elsewhere store-notebooks lab bench figures browser-deps clean test-oldest
+.PHONY: install demo test unit notebooks notebooks-other-cpu notebooks-colab store-notebooks lab bench figures browser-deps clean test-oldest
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m t2i_helpers demo
 
-# Unit tests, then every notebook in smoke mode, checked three ways (docs/notebooks.md): in this
-# checkout, as on another CPU, and as on Colab (installed package, no checkout); the last two side by
-# side, one thread each. Each starts from empty data/run folders in /tmp, so leftovers of `make demo`
-# change nothing.
-test: unit notebooks notebooks-elsewhere
+# Unit tests, and every notebook in smoke mode checked three ways (docs/notebooks.md): in this
+# checkout, as on another CPU, and as on Colab (installed package, no checkout). Two at a time, one
+# torch thread each, every log printed whole when its check ends (tools/run_checks.py). Each starts
+# from empty data/run folders in /tmp, so leftovers of `make demo` change nothing.
+test: $(STAMP)
+	$(PY) tools/run_checks.py --jobs 2 unit notebooks-colab notebooks notebooks-other-cpu
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q -p no:cacheprovider
@@ -35,9 +36,6 @@ notebooks-other-cpu: $(STAMP)
 
 notebooks-colab: $(STAMP)
 	$(PY) tools/check_notebooks.py colab
-
-notebooks-elsewhere: $(STAMP)
-	$(PY) tools/check_notebooks.py elsewhere
 
 # Re-execute every notebook in place (smoke mode, or T2I_TIER=cpu): what the stored outputs come from.
 # The stored outputs: 00-02 from smoke mode, 03-08 from the cpu tier (its shipped checkpoints).

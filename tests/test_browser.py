@@ -89,15 +89,67 @@ def chromium(out: Path):
     return webdriver.Chrome(service=Service(CHROMEDRIVER, log_output=str(out / "chromedriver.log")), options=options)
 
 
-def run_all_cells(driver, wait) -> None:
-    """JupyterLab's Run menu > Run All Cells."""
+def copy_without_outputs(source: Path, target: Path) -> None:
+    import nbformat
+
+    notebook = nbformat.read(source, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nbformat.write(notebook, target)
+
+
+def started(driver) -> bool:
+    """Whether any cell shows an execution prompt, ``[*]:`` (running or queued) or ``[n]:`` (done)."""
+    from selenium.webdriver.common.by import By
+
+    prompts = [p.text.strip() for p in driver.find_elements(By.CSS_SELECTOR, ".jp-Cell .jp-InputPrompt")]
+    return any(p.startswith("[") and p[1:2] not in ("", " ", "]") for p in prompts)
+
+
+def run_all_cells(driver, wait, attempts: int = 3) -> None:
+    """JupyterLab's Run menu > Run All Cells, clicked again if no cell starts within a minute.
+
+    The menu item is greyed out (and a click does nothing) until the notebook panel is the current
+    widget; on a slow machine the first click can land before that, which once left CI waiting 15
+    minutes for a studio that was never going to appear."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
 
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))
-    wait.until(ec.element_to_be_clickable((By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']"))).click()
-    wait.until(ec.element_to_be_clickable((By.XPATH, "//li[contains(@class,'lm-Menu-item')]"
-                                                     "[.//div[text()='Run All Cells']]"))).click()
+    item = "//li[contains(@class,'lm-Menu-item') and not(contains(@class,'lm-mod-disabled'))][.//div[text()='Run All Cells']]"
+    for _ in range(attempts):
+        driver.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell").click()  # make the notebook current
+        wait.until(ec.element_to_be_clickable((By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']"))).click()
+        try:
+            WebDriverWait(driver, 20).until(ec.element_to_be_clickable((By.XPATH, item))).click()
+            WebDriverWait(driver, 60).until(started)
+            return
+        except TimeoutException:
+            driver.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape: close the menu, try again
+    raise AssertionError(f"Run All Cells started no cell after {attempts} tries")
+
+
+def notebook_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    found = driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook")
+    return found[0].text if found else ""
+
+
+def until_cells_done(driver, timeout: float, done) -> None:
+    """Wait for ``done(notebook text)``; fail at once, with the traceback, if a cell raised."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = notebook_text(driver)
+        if "Traceback (most recent call last)" in text or "Kernel Restarting" in driver.page_source:
+            raise AssertionError(f"a cell failed in JupyterLab:\n{text[-3000:]}")
+        if done(driver, text):
+            return
+        time.sleep(2)
+    raise AssertionError(f"the notebook had not finished after {timeout:.0f} s; its end:\n{text[-2000:]}")
 
 
 def generate(driver, wait, caption: str) -> None:
@@ -132,7 +184,7 @@ def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
     out.mkdir(parents=True, exist_ok=True)
     folder = tmp_path / "lab"
     folder.mkdir()
-    shutil.copy(NOTEBOOK, folder / NOTEBOOK.name)
+    copy_without_outputs(NOTEBOOK, folder / NOTEBOOK.name)  # so every prompt and output seen is this run's
     env = {k: v for k, v in os.environ.items() if not k.startswith("T2I_")}
     # One thread in the kernel: smoke-sized models gain nothing from two, and two threads that spin
     # beside another job (a parallel test, a training run) made the notebook run 7 minutes instead of one.
@@ -148,10 +200,9 @@ def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
         wait = WebDriverWait(driver, 60)
         driver.get(f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?token={token}")
         run_all_cells(driver, wait)
-        slow = WebDriverWait(driver, 900)  # every cell, the judge's training included (smoke: about a minute)
-        slow.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".t2i-studio .t2i-caption input"))
-        WebDriverWait(driver, 900, poll_frequency=2).until(
-            lambda d: "07_ratings.csv" in d.find_element(By.CSS_SELECTOR, ".jp-Notebook").text)  # the last cell ran
+        # every cell, the judge's training included (smoke: one or two minutes), up to the last one's output
+        until_cells_done(driver, 600, lambda d, text: "07_ratings.csv" in text
+                         and d.find_elements(By.CSS_SELECTOR, ".t2i-studio .t2i-caption input"))
 
         generate(driver, wait, "")  # bad input: one line, and the kernel lives on
         wait.until(lambda d: "empty" in status_text(d))
@@ -170,10 +221,11 @@ def test_notebook_07_generates_a_grid_in_chromium(tmp_path):
         driver.find_element(By.CSS_SELECTOR, ".t2i-studio").screenshot(str(out / "studio.png"))
         (out / "readings.txt").write_text("\n".join([CAPTION, *readings]) + "\n", encoding="utf-8")
         assert (out / "studio.png").stat().st_size > 10_000
-    except Exception:
+    except Exception as error:
         if driver is not None:
             driver.save_screenshot(str(out / "failure.png"))
-        raise
+        log = (tmp_path / "lab.log").read_text(errors="replace")[-1500:]
+        raise AssertionError(f"{error}\n--- the end of JupyterLab's log ---\n{log}") from error
     finally:
         if driver is not None:
             driver.quit()

@@ -11,9 +11,8 @@
   data/, no pyproject.toml). Every cell must run, and the COCO cells must print the one line that
   says what to run.
 
-``elsewhere`` runs ``other-cpu`` and ``colab`` side by side, one torch thread each, and prints each
-one's log when both are done (``make test`` uses it: on 2 cores it saves about 4 minutes, since a
-smoke-mode notebook spends most of its time in one thread anyway).
+``make test`` runs the three settings and the unit tests two at a time, one torch thread each
+(``tools/run_checks.py``).
 
 ``store`` is not a check: it executes the notebooks in place, in smoke mode (or the tier that
 ``T2I_TIER`` names), to record their outputs, with the same fresh folders and no timing metadata.
@@ -175,25 +174,9 @@ def store(tmp: Path, names: list[str] | None = None) -> int:
     return 0
 
 
-def run_side_by_side(tmp: Path, settings: tuple[str, ...] = ("other-cpu", "colab")) -> int:
-    """Each setting in its own process with one torch thread; their logs are printed whole, in order."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    logs = {name: tmp / f"{name}.log" for name in settings}
-    jobs = {}
-    for name in settings:
-        with open(logs[name], "w") as out:
-            jobs[name] = subprocess.Popen([sys.executable, __file__, name], cwd=ROOT, env=env,
-                                          stdout=out, stderr=subprocess.STDOUT)
-    status = {name: job.wait() for name, job in jobs.items()}
-    for name in settings:
-        print(f"==== notebooks ({name}): exit status {status[name]} ====")
-        print(logs[name].read_text(), flush=True)
-    return max(status.values())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("setting", choices=["here", "other-cpu", "colab", "elsewhere", "store"])
+    parser.add_argument("setting", choices=["here", "other-cpu", "colab", "store"])
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     parser.add_argument("names", nargs="*", help="store: only the notebooks whose names start so (e.g. 03 04 05)")
     args = parser.parse_args(argv)
@@ -201,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     before = {p.name for p in ROOT.iterdir()}
     if args.setting == "colab":
         status = check_colab(tmp)
-    elif args.setting == "elsewhere":
-        status = run_side_by_side(tmp)
     elif args.setting == "store":
         status = store(tmp, args.names)
     else:
