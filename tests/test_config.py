@@ -99,7 +99,7 @@ def test_named_configs_do_not_move_with_the_environment(clean_env):
     assert DiffusionConfig() == plain and DiffusionConfig.cpu() == DiffusionConfig.cpu()
 
 
-@pytest.mark.parametrize("name, steps, batch", [("smoke", 60, 8), ("cpu", 6000, 32), ("gpu", 5000, 128)])
+@pytest.mark.parametrize("name, steps, batch", [("smoke", 60, 8), ("cpu", 4500, 32), ("gpu", 5000, 128)])
 def test_train_config_defaults_per_tier(clean_env, name, steps, batch):
     from t2i_helpers.train import TrainConfig
 

@@ -37,3 +37,14 @@ def test_a_curve_is_one_run_judged_after_each_segment(tmp_path, monkeypatch):
     png, pdf = curve_figure([curve], tmp_path)
     assert png.stat().st_size > 0 and pdf.stat().st_size > 0
     json.dumps(curve)  # what bench curve writes
+
+
+def test_bench_curve_takes_captions_and_train_captioner_does_not():
+    """``--captions`` once sat on the wrong subcommand, and ``bench curve`` failed with an AttributeError."""
+    from t2i_helpers.cli import commands
+    from t2i_helpers.cli.parser import build_parser
+
+    parser = build_parser(commands.HANDLERS)
+    assert parser.parse_args(["bench", "curve"]).captions == "en"
+    assert parser.parse_args(["bench", "curve", "--captions", "zh"]).captions == "zh"
+    assert not hasattr(parser.parse_args(["train-captioner"]), "captions")

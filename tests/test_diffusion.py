@@ -20,7 +20,10 @@ TEXT_DIM = 24
 
 
 def tiny(**overrides) -> DiffusionConfig:
+    """A small UNet on the v-objective, whose schedule, weighting and DDIM most tests here check;
+    ``tiny(objective="flow")`` for the default objective (tested at the end of the file)."""
     values = dict(
+        objective="v",
         image_size=16,
         base_channels=8,
         channel_mults=(1, 2),

@@ -21,25 +21,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start(target: str, logs: Path) -> tuple[subprocess.Popen, Path, float]:
+def start(target: str, logs: Path, root: Path) -> tuple[subprocess.Popen, Path, float]:
     log = logs / f"{target}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log, "w") as out:
-        job = subprocess.Popen(["make", "--no-print-directory", target], cwd=ROOT, env=env,
+        job = subprocess.Popen(["make", "--no-print-directory", target], cwd=root, env=env,
                                stdout=out, stderr=subprocess.STDOUT)
     return job, log, time.monotonic()
 
 
-def run(targets: list[str], jobs: int) -> int:
+def run(targets: list[str], jobs: int, root: Path = ROOT) -> int:
+    """Each target of the Makefile in ``root``, at most ``jobs`` at once; the worst exit status."""
     # The browser test writes its screenshot to outputs/; made now, so a notebook check that runs
     # meanwhile does not see it appear in the checkout (it fails on anything a check leaves there).
-    (ROOT / "outputs").mkdir(exist_ok=True)
+    (root / "outputs").mkdir(exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="t2i-checks-"))
     waiting, running, worst = list(targets), {}, 0
     while waiting or running:
         while waiting and len(running) < jobs:
             name = waiting.pop(0)
-            running[name] = start(name, logs)
+            running[name] = start(name, logs, root)
         time.sleep(1)
         for name, (job, log, began) in list(running.items()):
             if job.poll() is None:

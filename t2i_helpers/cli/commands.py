@@ -77,19 +77,23 @@ def _train_config(args: argparse.Namespace):
 
 
 def _model_config(args: argparse.Namespace):
-    """The tier's model config with ``--augment`` and ``--contrastive`` applied (GANs only); None keeps
-    the engine's default."""
-    augment, contrastive = getattr(args, "augment", None), getattr(args, "contrastive", None)
-    if augment is None and contrastive is None:
+    """The tier's model config with ``--augment`` and ``--contrastive`` (GANs) or ``--read`` (diffusion)
+    applied; None keeps the engine's default."""
+    flags = {"augment": ("gan", "stylegan"), "contrastive": ("gan", "stylegan"), "read": ("diffusion",)}
+    given = [name for name in flags if getattr(args, name, None) is not None]
+    if not given:
         return None
-    flag = "--augment" if augment is not None else "--contrastive"
-    if args.model not in ("gan", "stylegan"):
-        raise T2IError(f"{flag} applies to gan and stylegan, not {args.model}")
+    for name in given:
+        if args.model not in flags[name]:
+            raise T2IError(f"--{name} applies to {' and '.join(flags[name])}, not {args.model}")
     if args.resume:
-        raise T2IError(f"{flag} cannot change a run being resumed (its model config is saved with it)")
-    fields = {"diffaugment": {}, "ada": {"ada_target": 0.6}, "none": {"diffaug_policy": ""}}[augment or "diffaugment"]
-    if contrastive is not None:
-        fields["contrastive_weight"] = contrastive
+        raise T2IError(f"--{given[0]} cannot change a run being resumed (its model config is saved with it)")
+    if args.model == "diffusion":
+        return dataclasses.replace(default_config("diffusion"), read_weight=args.read)
+    augment = getattr(args, "augment", None) or "diffaugment"
+    fields = {"diffaugment": {}, "ada": {"ada_target": 0.6}, "none": {"diffaug_policy": ""}}[augment]
+    if getattr(args, "contrastive", None) is not None:
+        fields["contrastive_weight"] = args.contrastive
     return dataclasses.replace(default_config(args.model), **fields)
 
 

@@ -41,7 +41,7 @@ class CompareConfig:
     """What to compare and how long each model may train (defaults: the cpu and gpu tiers; ``smoke()`` for CI)."""
 
     # Each entry: a family, or a variant "family:field=value,field=value" of its tier config, e.g.
-    # "gan:contrastive_weight=1.0" or "diffusion:objective=flow,logit_mean=1.0" (model_variant).
+    # "gan:contrastive_weight=1.0" or "diffusion:objective=v" (model_variant).
     families: tuple[str, ...] = ("baseline", "gan", "diffusion")
     minutes: float = 10.0  # training time per model
     minutes_by_model: dict[str, float] = field(default_factory=dict)  # overrides, e.g. {"diffusion": 6.0}
@@ -49,7 +49,7 @@ class CompareConfig:
     batch_size: int | None = None  # None: the engine's default (128 on a GPU run)
     eval_captions: int = 1000  # generated images scored per model
     guidance: float = 3.0  # diffusion: classifier-free guidance for every image scored and shown
-    sample_steps: int = 25  # diffusion: DDIM steps
+    sample_steps: int = 25  # diffusion: sampler steps
     grid_captions: int = 8
     # A learning curve: the budget is trained in this many equal slices (a checkpoint and a resume in
     # between, which continue the run exactly), each scored on ``curve_captions`` val captions; 1 = only

@@ -26,7 +26,7 @@ from t2i_helpers.viz import caption_rows, save_figure
 # the whole demo should take about BUDGET_MINUTES, so the diffusion model trains for what is left
 # of it after the data, the baseline and a reserve for judging.
 DEMO_STEPS = {"baseline": {"smoke": 60, "cpu": 3000, "gpu": 3000},
-              "diffusion": {"smoke": 60, "cpu": 6000, "gpu": 3000}}
+              "diffusion": {"smoke": 60, "cpu": 4500, "gpu": 3000}}
 BUDGET_MINUTES = 5.0
 RESERVE_MINUTES = 1.0  # training the judge once, sampling, judging, the figure
 DEMO_ROWS = 8  # captions in the figure

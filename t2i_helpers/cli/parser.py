@@ -92,13 +92,16 @@ AUGMENT_CHOICES = ("diffaugment", "ada", "none")
 
 
 def _gan_options(p: argparse.ArgumentParser) -> None:
-    """train's options that change a GAN's model config (notebook 06)."""
+    """train's options that change a GAN's or the diffusion model's config (notebook 06)."""
     p.add_argument("--augment", choices=AUGMENT_CHOICES,
                    help="gan, stylegan: what D's images go through: diffaugment (default), ada (its adaptive "
                         "probability, target 0.6), none")
     p.add_argument("--contrastive", type=positive_float, metavar="WEIGHT",
                    help="gan, stylegan: add the multi-task contrastive loss between D's image features and the "
                         "captions, with this weight (notebook 06; 1.0 there)")
+    p.add_argument("--read", type=positive_float, metavar="WEIGHT",
+                   help="diffusion: also train the UNet's encoder to read the caption back from the clean image "
+                        "(image to text, one model both ways), with this weight (notebook 06; 0.5 there)")
 
 
 def _train_commands(sub: Any, handlers: dict) -> None:
@@ -135,8 +138,6 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, mps")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    p.add_argument("--captions", choices=["en", "zh"], default="en",
-                   help="bench curve: English captions (MiniLM) or the parallel Chinese ones (shapes-zh-char)")
     p.add_argument("--ship", action="store_true", help="export the run to t2i_helpers/checkpoints/cpu (captioner.*)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _tier_option(p)
@@ -154,7 +155,7 @@ def _train_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--caption", required=True)
     p.add_argument("-n", type=positive_int, default=8)
     p.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale (diffusion)")
-    p.add_argument("--steps", type=positive_int, help="DDIM steps (diffusion)")
+    p.add_argument("--steps", type=positive_int, help="sampler steps (diffusion; Euler for flow models, DDIM for v ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", type=Path, required=True)
@@ -171,7 +172,7 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=non_negative_float, help="classifier-free guidance scale for the samples (diffusion)")
-    p.add_argument("--sample-steps", type=positive_int, help="DDIM steps for the samples (diffusion)")
+    p.add_argument("--sample-steps", type=positive_int, help="sampler steps for the samples (diffusion)")
     p.add_argument("--no-retrieval", action="store_true", help="skip the CLIP-style model and R-precision")
     p.add_argument("--error-figure", type=Path, metavar="PATH",
                    help="Shapes: save the samples behind the commonest errors as PATH.png and PATH.pdf")
@@ -184,7 +185,7 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
     p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"], metavar="MODEL",
                    help=f"families ({', '.join(FAMILY_NAMES)}) or variants FAMILY:FIELD=VALUE,..., e.g. "
-                        "gan:contrastive_weight=1.0 diffusion:objective=flow,logit_mean=1.0")
+                        "gan:contrastive_weight=1.0 diffusion:objective=v diffusion:read_weight=0.1")
     p.add_argument("--minutes", type=positive_float, help="training time per model (default 10; smoke mode 0.1)")
     p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
     p.add_argument("--max-steps", type=positive_int, help="upper bound on steps per model")
@@ -193,7 +194,7 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--curve-points", type=positive_int,
                    help="score each model after this many equal slices of its budget (default 4; 1 = only at the end)")
     p.add_argument("--guidance", type=non_negative_float, help="diffusion guidance (default 3)")
-    p.add_argument("--sample-steps", type=positive_int, help="diffusion DDIM steps (default 25)")
+    p.add_argument("--sample-steps", type=positive_int, help="diffusion sampler steps (default 25)")
     p.add_argument("--fid", choices=["inception", "proxy"], default="proxy",
                    help="proxy (default, offline) or inception (the standard FID; needs its weights)")
     p.add_argument("--inception-weights", type=Path)
@@ -237,6 +238,8 @@ def _tools_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="bench curve: one run per seed (default 0)")
     p.add_argument("--ship", action="store_true",
                    help="bench curve: export each family's run of the first seed to t2i_helpers/checkpoints/cpu")
+    p.add_argument("--captions", choices=["en", "zh"], default="en",
+                   help="bench curve: English captions (MiniLM) or the parallel Chinese ones (shapes-zh-char)")
     p.set_defaults(func=handlers["bench"])
 
     p = sub.add_parser("demo", help="train the baseline and diffusion model, one figure of both (what `make demo` runs)")

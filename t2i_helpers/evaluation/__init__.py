@@ -11,7 +11,8 @@ and human ratings with their uncertainty.
 * the numbers themselves are pure functions in :mod:`t2i_helpers.metrics` (re-exported here).
 """
 from t2i_helpers.evaluation.captioning import (attribute_match, caption_scores, constant_caption, cycle_consistency,
-                                               cycle_row, match_row, nearest_neighbour_captions, retrieve_captions)
+                                               cycle_row, match_row, nearest_neighbour_captions, read_back,
+                                               retrieve_captions)
 from t2i_helpers.evaluation.evaluate import error_figure, evaluate_images, evaluate_run, format_report
 from t2i_helpers.evaluation.inception import (INCEPTION_URL, extract_features, fid_from_images, inception_network,
                                               real_statistics)
@@ -29,4 +30,4 @@ __all__ = ["error_figure", "evaluate_images", "evaluate_run", "format_report", "
            "FeatureStats", "FIDProtocol", "attribute_accuracy", "attribute_accuracy_by", "attribute_errors",
            "caption_fits", "clip_score", "describe_errors", "error_examples", "frechet_distance", "r_precision",
            "attribute_match", "caption_scores", "constant_caption", "cycle_consistency", "cycle_row", "match_row",
-           "nearest_neighbour_captions", "retrieve_captions"]
+           "nearest_neighbour_captions", "read_back", "retrieve_captions"]

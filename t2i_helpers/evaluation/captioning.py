@@ -111,6 +111,15 @@ def retrieve_captions(clip: Any, images: np.ndarray, pooled: torch.Tensor, candi
         return [matches[0][0] for matches in best_captions(clip, images, pooled, list(candidates), k=1)]
 
 
+def read_back(run: Any, data: Any, n: int = 500) -> dict:
+    """Image -> text with a model's own encoder (the two-way diffusion model, ``read_weight > 0``):
+    each of the split's first ``n`` images gets the split's caption the model ranks first, scored by
+    :func:`attribute_match`. ``run`` is a loaded run (its ``model`` and ``encode``); ``data`` an EvalData."""
+    candidates = sorted(set(data.captions))
+    picked = retrieve_captions(run.model, data.images[:n], run.encode(candidates).pooled, candidates)
+    return attribute_match(picked, data.attributes[:n])
+
+
 def cycle_consistency(captions: Sequence[str], attributes: Sequence[dict], generator: Any, judge: Any,
                       seed: int = 0, batch_size: int = 64) -> dict:
     """Caption -> image (``generator.generate``, e.g. the shipped diffusion model) -> the judge's reading.

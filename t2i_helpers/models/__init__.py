@@ -3,7 +3,8 @@
 * :mod:`~t2i_helpers.models.baseline`: the reference's regression decoder (MSE: the conditional mean);
 * :mod:`~t2i_helpers.models.gan`: a conditional GAN (its losses in ``gan_losses``: matching-aware hinge,
   MA-GP; DiffAugment and ADA in ``diffaugment``);
-* :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance;
+* :mod:`~t2i_helpers.models.diffusion`: text-conditional diffusion with classifier-free guidance (flow matching by
+  default; :mod:`~t2i_helpers.models.reader`: its encoder reading captions back, the two-way model);
 * :mod:`~t2i_helpers.models.stylegan`: a StyleGAN2-style generator against the GAN's discriminator;
 * :mod:`~t2i_helpers.models.captioner`: the other direction, image to text (not a generator family:
   it has its own training loop, :mod:`t2i_helpers.train.captioning`).

@@ -1,27 +1,25 @@
-"""A small text-conditional diffusion model: UNet + cosine schedule + v-prediction + DDIM + guidance.
+"""A small text-conditional diffusion model: UNet + flow matching (or v-prediction) + guidance.
 
-Training (one step): take clean images ``x0``, draw a time ``t`` in [0, 1] and Gaussian noise
-``eps``, mix them into ``x_t = alpha_t x0 + sigma_t eps`` and ask the UNet for the "velocity"
-``v = alpha_t eps - sigma_t x0`` (Salimans & Ho, 2022). Sampling starts from pure noise at ``t = 1``
-and walks to ``t = 0`` with the deterministic DDIM update (Song et al., 2021), any number of steps.
+Training (one step, ``objective="flow"``, every tier's default): take clean images ``x0``, draw a
+time ``t`` in [0, 1] and Gaussian noise ``eps``, put them on the straight line
+``x_t = (1 - t) x0 + t eps`` and ask the UNet for its velocity ``u = eps - x0`` with a plain MSE
+(Lipman et al. 2023; Liu et al. 2023). Sampling starts from pure noise at ``t = 1`` and walks to
+``t = 0`` in Euler steps along the predicted velocity (the deterministic DDIM update, written for
+this path), any number of steps. The first design, ``objective="v"``, mixes
+``x_t = alpha_t x0 + sigma_t eps`` on a cosine schedule and predicts ``v = alpha_t eps - sigma_t x0``
+(Salimans & Ho, 2022), sampled with DDIM (Song et al., 2021); old runs keep it.
 
 Design choices, and why:
 
-* **Continuous time, cosine schedule** (Nichol & Dhariwal, 2021): ``alpha_bar(t) = cos^2(...)``
-  destroys information evenly over ``t`` instead of wasting the last steps on pure noise, and a
-  continuous ``t`` lets the sampler use 10, 25 or 250 steps without retraining.
-* **v-prediction**: ``x0 = alpha x_t - sigma v`` and ``eps = sigma x_t + alpha v`` are well defined
-  at *both* ends (eps-prediction cannot give ``x0`` at ``t = 1`` where ``alpha = 0``; x0-prediction is
-  noisy at ``t = 0``), so the schedule can reach pure noise (zero terminal SNR, Lin et al. 2024) and
-  sampling starts from exactly the distribution that training saw.
-* **Loss weighting: Min-SNR-gamma with a floor** (Hang et al., 2023; Salimans & Ho, 2022): timesteps
-  compete for the same small network; capping the weight of the easy, almost-clean timesteps at
-  ``gamma`` lets it converge several times faster. Plain Min-SNR also sends the weight of the
-  noisiest timesteps to 0 (at ``t = 1`` the loss is about the noise, which carries no information),
-  but that is where the *layout* is decided: where the object goes. The weight of the x0 error is
-  therefore ``clamp(SNR, floor, gamma)``, in v terms ``clamp(SNR, floor, gamma) / (SNR + 1)``, and
-  ``t = 1 - (1 - u)^2`` draws high noise more often. Without both, the model learns colour, shape
-  and size but places the object at random.
+* **Flow matching, t logit-normal around logit 1** (Esser et al., 2024): at an equal 10-minute
+  budget on the cpu tier it beat the v-objective on val and on held-out pairs, with three seeds each
+  (docs/cpu-tier.md, rows B and I). Drawing ``t = sigmoid(1 + n)`` trains more at high noise, where
+  the layout is decided: centred at 0 the same model never learned where to put the object.
+* **The v-objective** (``objective="v"``): a continuous-time cosine schedule (Nichol & Dhariwal,
+  2021); v-prediction, well defined at both ends, so the schedule can reach pure noise (Lin et al.
+  2024); and Min-SNR-gamma weighting with a floor (Hang et al., 2023): the weight of the x0 error is
+  ``clamp(SNR, floor, gamma)``, and ``t = 1 - (1 - u)^2`` draws high noise more often. Without the
+  floor and the power, that model learned colour, shape and size but placed the object at random.
 * **Two routes for the caption**: the pooled sentence embedding is added to the timestep embedding
   (like a class label: global content, e.g. "a red circle") and the per-token states are read
   by cross-attention at low resolutions (which word goes where), masked so padding is ignored.
@@ -37,12 +35,7 @@ Design choices, and why:
   the first convolution and a sine-cosine code in the attention queries and keys. Colour and shape
   look the same everywhere, so the caption's per-channel scale and shift can produce them anywhere;
   "in the top left corner" needs features that differ by place (convolutions otherwise sense place
-  only through the zero padding at the borders). It is cheap; the loss weighting above matters more.
-
-* **Flow matching instead** (``objective="flow"``): the same UNet trained on the straight path from
-  the image to the noise, predicting its velocity; the DDIM step becomes an Euler step. With t drawn
-  logit-normal around logit 1 (more high noise, where the layout is decided) it beat the v-objective
-  at an equal 10-minute budget on the cpu tier; around 0 it never learned where to put the object.
+  only through the zero padding at the borders). It is cheap; where t is drawn matters more.
 
 The measurements behind these choices: docs/measurements.md and docs/cpu-tier.md.
 
@@ -61,6 +54,7 @@ from torch import Tensor, nn
 from t2i_helpers.data.batch import Batch
 from t2i_helpers.errors import T2IError
 from t2i_helpers.models.base import T2IModel, training_images
+from t2i_helpers.models.reader import CaptionReader, ReadsCaptions, bottleneck_size
 from t2i_helpers.models.unet import UNet
 
 
@@ -84,18 +78,24 @@ class DiffusionConfig:
     min_snr_gamma: float = 5.0  # Min-SNR-gamma loss weighting; 0 gives the plain v-MSE
     snr_floor: float = 1.0  # ... and a floor: the x0-weight is clamp(SNR, floor, gamma); 0 = plain Min-SNR
     time_power: float = 2.0  # t = 1 - (1 - u)^p: p > 1 trains more often at high noise, where layout is decided
-    # "v": the cosine schedule with v-prediction (above). "flow": rectified flow / flow matching
-    # (Lipman et al. 2023, Liu et al. 2023): x_t = (1 - t) x0 + t eps on a straight line, the UNet
-    # predicts the velocity eps - x0 with a plain MSE, and t = sigmoid(logit_mean + logit_std n),
-    # n ~ N(0, 1) ("logit-normal", Esser et al. 2024). The loss weighting and time_power are for "v" only.
-    objective: str = "v"
-    logit_mean: float = 0.0
+    # "flow" (every tier's default): rectified flow / flow matching (Lipman et al. 2023, Liu et al.
+    # 2023): x_t = (1 - t) x0 + t eps on a straight line, the UNet predicts the velocity eps - x0 with
+    # a plain MSE, and t = sigmoid(logit_mean + logit_std n), n ~ N(0, 1) ("logit-normal", Esser et
+    # al. 2024), centred at logit 1: more training at high noise. "v": the cosine schedule with
+    # v-prediction (above); the loss weighting and time_power are for "v" only.
+    objective: str = "flow"
+    logit_mean: float = 1.0
     logit_std: float = 1.0
+    # > 0: the model also learns the other direction, image -> caption, with its own encoder (models/reader.py).
+    read_weight: float = 0.0
+    read_dim: int = 64
+    read_temperature: float = 0.1
     lr: float = 2e-4  # suggested Adam learning rate (the engine's --lr overrides it)
     guidance: float = 3.0  # the sampler's classifier-free guidance when a caller names none
 
     # config.json files written before a field existed: what the run that wrote them really used.
-    MISSING_MEANS: ClassVar[dict] = {"position_code": False, "snr_floor": 0.0, "time_power": 1.0, "objective": "v"}
+    MISSING_MEANS: ClassVar[dict] = {"position_code": False, "snr_floor": 0.0, "time_power": 1.0, "objective": "v",
+                                     "logit_mean": 0.0}
     OBJECTIVES: ClassVar[tuple[str, ...]] = ("v", "flow")
 
     def __post_init__(self) -> None:
@@ -198,8 +198,9 @@ def apply_dynamic_threshold(x0: Tensor, percentile: float) -> Tensor:
     return x0.clamp(-s, s) / s
 
 
-class TextDiffusion(T2IModel):
-    """Text-to-image diffusion: :class:`UNet` predicting v, trained with caption dropout for CFG."""
+class TextDiffusion(ReadsCaptions, T2IModel):
+    """Text-to-image diffusion: :class:`UNet` predicting v, trained with caption dropout for CFG
+    (and, with ``read_weight``, reading captions back from images: :class:`ReadsCaptions`)."""
 
     family = "diffusion"
     uses_tokens = True
@@ -212,6 +213,8 @@ class TextDiffusion(T2IModel):
         # The "no caption" input for classifier-free guidance, learned like any other embedding.
         self.null_text = nn.Parameter(torch.zeros(text_dim))
         self.null_token = nn.Parameter(torch.randn(text_dim) * 0.02)
+        c = self.config
+        self.reader = CaptionReader(bottleneck_size(c), text_dim, c.read_dim) if c.read_weight > 0 else None
 
     # ---- conditioning -----------------------------------------------------------------------------
 
@@ -289,6 +292,9 @@ class TextDiffusion(T2IModel):
         t = t[torch.randperm(b, device=x0.device)]
         losses = self.diffusion_loss(x0, t, torch.randn_like(x0), text, tokens, mask)
         losses["dropped"] = drop.float().mean()
+        if self.reader is not None:  # the other direction: which of the batch's captions is this image's?
+            read = self.read_loss(x0, batch.text)
+            losses["loss"], losses["read"] = losses["loss"] + self.config.read_weight * read, read.detach()
         return losses
 
     # ---- sampling ---------------------------------------------------------------------------------

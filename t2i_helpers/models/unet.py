@@ -219,7 +219,11 @@ class UNet(nn.Module):
         self.norm_out = group_norm(ch)
         self.conv_out = zero_init(nn.Conv2d(ch, 3 * patch * patch, 3, padding=1))  # predicts v = 0 at start
 
-    def forward(self, x: Tensor, t: Tensor, text: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+    def encode(self, x: Tensor, t: Tensor, text: Tensor, tokens: Tensor,
+               mask: Tensor) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+        """The encoder half: the bottleneck after the middle layers [B, C, h, w], the skips, and the
+        (time + caption) embedding and projected tokens the decoder reuses. The model that also reads
+        captions from images (``models/reader.py``) uses the bottleneck alone."""
         emb = self.time_mlp(timestep_embedding(t, self.base_channels).to(x.dtype)) + self.text_mlp(text)
         context = self.context(tokens)
         h = self.conv_in(F.pixel_unshuffle(x, self.patch_size))
@@ -231,6 +235,10 @@ class UNet(nn.Module):
             hs.append(h)
         for layer in self.mid:
             h = layer(h, emb, context, mask)
+        return h, hs, emb, context
+
+    def forward(self, x: Tensor, t: Tensor, text: Tensor, tokens: Tensor, mask: Tensor) -> Tensor:
+        h, hs, emb, context = self.encode(x, t, text, tokens, mask)
         for layer in self.up:
             if isinstance(layer, Layer):
                 h = torch.cat([h, hs.pop()], dim=1)
