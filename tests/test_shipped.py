@@ -142,3 +142,13 @@ def test_shipped_records_name_no_local_folder(monkeypatch, tmp_path):
         if record.exists():
             data = json.loads(record.read_text())["data"]
             assert all(not str(v).startswith("/") for v in data.values()), data
+
+
+def test_the_shipped_diffusion_models_keep_the_objective_they_were_trained_with():
+    """The English checkpoint is the flow-matching design; diffusion-zh predates the switch, and its
+    record, written before ``objective`` existed, must still load as the v-objective it was trained with."""
+    english = load_shipped("diffusion", "cpu", device="cpu").model_config
+    chinese = load_shipped("diffusion", "cpu", device="cpu", name="diffusion-zh").model_config
+    assert (english.objective, english.logit_mean) == ("flow", 1.0)
+    assert (chinese.objective, chinese.logit_mean) == ("v", 0.0)
+    assert "objective" not in json.loads((shipped_dir("cpu") / "diffusion-zh.json").read_text())["model"]
