@@ -25,7 +25,7 @@ from t2i_helpers.viz import latex_escape, mean_with_ci, save_figure, save_table,
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 COURSE = NOTEBOOKS
-RERUN = "08"  # three tables, at a third of the smoke cost of 06 (six tables): run twice, its tables must come out byte-identical
+RERUN = "08"  # three tables, cheaper in smoke mode than 06 (six, and 18 training runs): run twice, tables byte-identical
 
 
 # ------------------------------------------------------------------ what the notebooks call
