@@ -113,19 +113,31 @@ def run_all_cells(driver, wait, attempts: int = 3) -> None:
     The menu item is greyed out (and a click does nothing) until the notebook panel is the current
     widget; on a slow machine the first click can land before that, which once left CI waiting 15
     minutes for a studio that was never going to appear."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (ElementClickInterceptedException, StaleElementReferenceException,
+                                            TimeoutException)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # JupyterLab re-renders cells and menus while it loads: an element found a moment ago can be gone.
+    moving = (StaleElementReferenceException, ElementClickInterceptedException)
+
+    def click(locator):
+        def attempt(d):
+            d.find_element(*locator).click()
+            return True
+        return attempt
+
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))
     item = "//li[contains(@class,'lm-Menu-item') and not(contains(@class,'lm-mod-disabled'))][.//div[text()='Run All Cells']]"
+    menu = "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']"
     for _ in range(attempts):
-        driver.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell").click()  # make the notebook current
-        wait.until(ec.element_to_be_clickable((By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']"))).click()
+        WebDriverWait(driver, 60, ignored_exceptions=moving).until(
+            click((By.CSS_SELECTOR, ".jp-NotebookPanel .jp-Cell")))  # make the notebook current
+        WebDriverWait(driver, 60, ignored_exceptions=moving).until(click((By.XPATH, menu)))
         try:
-            WebDriverWait(driver, 20).until(ec.element_to_be_clickable((By.XPATH, item))).click()
-            WebDriverWait(driver, 60).until(started)
+            WebDriverWait(driver, 20, ignored_exceptions=moving).until(click((By.XPATH, item)))
+            WebDriverWait(driver, 60, ignored_exceptions=moving).until(started)
             return
         except TimeoutException:
             driver.find_element(By.TAG_NAME, "body").send_keys("\ue00c")  # Escape: close the menu, try again
@@ -142,8 +154,15 @@ def notebook_text(driver) -> str:
 def until_cells_done(driver, timeout: float, done) -> None:
     """Wait for ``done(notebook text)``; fail at once, with the traceback, if a cell raised."""
     deadline = time.monotonic() + timeout
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    text = ""
     while time.monotonic() < deadline:
-        text = notebook_text(driver)
+        try:
+            text = notebook_text(driver)
+        except StaleElementReferenceException:  # the notebook re-rendered while being read
+            time.sleep(1)
+            continue
         if "Traceback (most recent call last)" in text or "Kernel Restarting" in driver.page_source:
             raise AssertionError(f"a cell failed in JupyterLab:\n{text[-3000:]}")
         if done(driver, text):
