@@ -37,7 +37,7 @@ from t2i_helpers.data.batch import Batch
 from t2i_helpers.errors import T2IError
 from t2i_helpers.models.base import T2IModel, training_images
 from t2i_helpers.models.diffaugment import AdaptiveAugment, diff_augment
-from t2i_helpers.models.gan_losses import Frozen, caption_contrastive, ma_gp, matching_aware_hinge
+from t2i_helpers.models.gan_losses import Frozen, caption_contrastive, ma_gp, matching_aware_hinge, same_captions
 
 SUPPORTED_SIZES = (16, 32, 64, 128)
 
@@ -229,8 +229,8 @@ class Discriminator(nn.Module):
 
     def contrastive(self, features: Tensor, text: Tensor, raw_text: Tensor, temperature: float) -> Tensor:
         """The contrastive loss of (image features, caption) pairs; identical captions are not negatives."""
-        same = (raw_text[:, None, :] == raw_text[None, :, :]).all(dim=2)
-        return caption_contrastive(self.image_embed(features.flatten(1)), self.text_embed(text), same, temperature)
+        return caption_contrastive(self.image_embed(features.flatten(1)), self.text_embed(text), same_captions(raw_text),
+                                   temperature)
 
     def features(self, images: Tensor) -> Tensor:
         return self.blocks(self.from_rgb(images))  # [B, C, 4, 4]

@@ -69,6 +69,11 @@ class Frozen:
             p.requires_grad_(flag)
 
 
+def same_captions(text: Tensor) -> Tensor:
+    """[B, B] True where two rows of pooled embeddings are identical: the same caption, not a negative."""
+    return (text[:, None, :] == text[None, :, :]).all(dim=2)
+
+
 def caption_contrastive(image_emb: Tensor, text_emb: Tensor, same: Tensor, temperature: float) -> Tensor:
     """InfoNCE between the images and the captions of one batch (as in XMC-GAN, Zhang et al. 2021).
 

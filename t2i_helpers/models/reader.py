@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from t2i_helpers.data.images import to_float
 from t2i_helpers.errors import T2IError
-from t2i_helpers.models.gan_losses import caption_contrastive
+from t2i_helpers.models.gan_losses import caption_contrastive, same_captions
 
 
 def bottleneck_size(config) -> int:
@@ -39,11 +39,6 @@ class CaptionReader(nn.Module):
         super().__init__()
         self.image = nn.Linear(feature_dim, dim)
         self.text = nn.Linear(text_dim, dim)
-
-
-def same_captions(text: Tensor) -> Tensor:
-    """[B, B] True where two rows of pooled embeddings are identical: the same caption, not a negative."""
-    return (text[:, None, :] == text[None, :, :]).all(dim=2)
 
 
 class ReadsCaptions:
