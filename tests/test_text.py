@@ -312,6 +312,25 @@ def test_a_captions_vector_does_not_depend_on_its_batch(encoder):
     assert torch.equal(alone, together)
 
 
+def test_two_threads_encode_the_same_vectors_as_one_and_keep_the_order(encoder):
+    """On the CPU batches are spread over the torch threads, each batch on one thread: bitwise the same."""
+    captions = [f"a {c} {s} number {i}" for i, (c, s) in enumerate(
+        [(c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle", "square", "triangle")] * 3)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = encoder.encode(captions, batch_size=4)
+        torch.set_num_threads(2)
+        two = encoder.encode(captions, batch_size=4)
+        assert torch.get_num_threads() == 2  # restored after encoding
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("pooled", "tokens", "mask"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+    alone = encoder.encode(captions[7:8]).pooled
+    assert torch.equal(alone[0], two.pooled[7])  # each row is its own caption's, in the input order
+
+
 def test_float16_export_loads_as_float32_and_encodes_like_the_original(tmp_path, capsys):
     from t2i_helpers.cli import main
     from t2i_helpers.text import TextEncoder, TextEncoderConfig, model_key

@@ -7,6 +7,7 @@ for models that attend to words).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
 from dataclasses import dataclass
@@ -126,7 +127,9 @@ class TextEncoder(nn.Module):
         # Always pad to max_length: with "longest" padding a caption's vector moved by ~1e-6 with the
         # other captions in its batch, so cached embeddings (and everything trained on them) depended
         # on what had been encoded together.
-        inputs = self.tokenize(captions, padding="max_length")
+        return self._encode_tokens(self.tokenize(captions, padding="max_length"))
+
+    def _encode_tokens(self, inputs: dict[str, Tensor]) -> TextFeatures:
         hidden = self.bert(**inputs).last_hidden_state  # [B, max_length, D]
         mask = inputs["attention_mask"].bool()
         pooled = cls_pool(hidden) if self.config.pooling == "cls" else mean_pool(hidden, mask)
@@ -137,6 +140,10 @@ class TextEncoder(nn.Module):
             hidden = nn.functional.pad(hidden, (0, 0, 0, extra))
             mask = nn.functional.pad(mask, (0, extra), value=False)
         return TextFeatures(pooled.float(), hidden.float(), mask)
+
+    def _encode_frozen(self, inputs: dict[str, Tensor]) -> TextFeatures:
+        with torch.no_grad():  # grad mode is per thread: a worker thread must set it itself
+            return self._encode_tokens(inputs)
 
     def encode(self, captions: Sequence[str], batch_size: int | None = None) -> TextFeatures:
         """Encode captions in batches of ``batch_size`` (default: config), sorted by length.
@@ -151,11 +158,19 @@ class TextEncoder(nn.Module):
         order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
         # Frozen: no graph (plain no_grad, not inference_mode, so the outputs may still feed a
         # trainable layer). Trainable: follow the caller's grad mode.
-        grad = nullcontext() if self.config.trainable else torch.no_grad()
-        parts = []
-        with grad, one_cpu_thread(self.device):
-            for start in range(0, len(order), size):
-                parts.append(self._encode_batch([captions[i] for i in order[start : start + size]]))
+        batches = [[captions[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+        # A frozen encoder on the CPU runs one batch per thread, each batch on one thread (see
+        # one_cpu_thread): the same numbers as one after the other, in about half the time on 2 cores.
+        workers = min(torch.get_num_threads(), len(batches)) if self.device.type == "cpu" else 1
+        if self.config.trainable or workers < 2:
+            grad = nullcontext() if self.config.trainable else torch.no_grad()
+            with grad, one_cpu_thread(self.device):
+                parts = [self._encode_batch(batch) for batch in batches]
+        else:
+            # The fast tokenizer is not safe to share between threads: tokenize here, encode there.
+            inputs = [self.tokenize(batch, padding="max_length") for batch in batches]
+            with one_cpu_thread(self.device), ThreadPoolExecutor(workers) as pool:
+                parts = list(pool.map(self._encode_frozen, inputs))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         inverse = inverse.to(parts[0].pooled.device)
