@@ -9,12 +9,15 @@
 #                        0.1) -> measured-two-way.json, with how well it reads (retrieval captioning)
 # Writes runs/multitask/<model>-<fraction>-<variant>/ and .json, then the summary notebook 06 reads.
 #   FRACTIONS="30 100" bash tools/multitask.sh   trains only those (COLLECT=0: no summary)
+#   SEED=1 COLLECT=0 bash tools/multitask.sh        another seed: runs/multitask/<model>-<fraction>-<variant>-s1/
 cd "$(dirname "$0")/.."
 export T2I_TIER=cpu HF_HUB_OFFLINE=1
 PY=.venv/bin/python
 MODEL=${MODEL:-gan}
 STEPS=${STEPS:-$([ "$MODEL" = diffusion ] && echo 1000 || echo 2000)}
 READ=${READ:-0.1}
+SEED=${SEED:-0}
+SUFFIX=$([ "$SEED" = 0 ] || echo "-s$SEED")  # seed 0 keeps the names the summary reads
 FRACTIONS=${FRACTIONS:-"10 30 100"}
 case $MODEL in
   gan) VARIANT=contrastive FLAGS="--contrastive 1.0" OUT=measured-multitask.json ;;
@@ -25,10 +28,10 @@ BIG=$($PY -c "from t2i_helpers.data import shapes_dataset; print(shapes_dataset(
 one() {  # fraction images variant extra-flags...
   local frac=$1 images=$2 variant=$3; shift 3
   local data; data=$($PY -c "from t2i_helpers.data import shapes_dataset; print(shapes_dataset(images=$images))")
-  local run="runs/multitask/$MODEL-$frac-$variant" start; start=$(date +%s)
+  local run="runs/multitask/$MODEL-$frac-$variant$SUFFIX" start; start=$(date +%s)
   $PY -m t2i_helpers train --model "$MODEL" --data "$data/images" "$data/annotations/captions_train.json" \
-     --out "$run" --steps "$STEPS" --batch-size 32 --seed 0 --tier cpu "$@" --no-progress --overwrite > "$run.log" 2>&1
-  echo "train $MODEL $frac $variant $(( $(date +%s) - start )) s"
+     --out "$run" --steps "$STEPS" --batch-size 32 --seed "$SEED" --tier cpu "$@" --no-progress --overwrite > "$run.log" 2>&1
+  echo "train $MODEL $frac $variant seed $SEED $(( $(date +%s) - start )) s"
   $PY -m t2i_helpers evaluate "$run" --data "$BIG/images" "$BIG/annotations/captions_val.json" \
      --n 1000 --json --no-retrieval > "$run.json"
 }
