@@ -143,7 +143,7 @@ def test_compare_without_a_val_split_is_a_clear_error(shapes, tmp_path):
 
 
 def test_model_variants_name_config_fields():
-    from t2i_helpers.cli.compare import model_variant
+    from t2i_helpers.cli.compare import model_variant, variant_training
     from t2i_helpers.errors import T2IError
 
     family, config = model_variant("diffusion:objective=flow,logit_mean=1.0,attention_resolutions=[4, 8]")
@@ -152,6 +152,9 @@ def test_model_variants_name_config_fields():
     family, config = model_variant("gan:contrastive_weight=1,diffaug_policy=")
     assert family == "gan" and config.contrastive_weight == 1 and config.diffaug_policy == ""
     assert model_variant("baseline")[0] == "baseline"
+    family, config = model_variant("baseline:flip=naive")
+    assert family == "baseline" and config == model_variant("baseline")[1]  # a training setting, not the model's
+    assert variant_training("baseline:flip=naive") == {"flip": "naive"} and variant_training("gan:contrastive_weight=1") == {}
     for bad, message in (("gan:no_such_field=1", "not FIELD=VALUE"), ("gan:contrastive_weight", "not FIELD=VALUE"),
                          ("unicorn", "unknown model")):
         with pytest.raises(T2IError, match=message):
@@ -164,7 +167,7 @@ def test_compare_trains_variants_beside_their_family(shapes, tmp_path, monkeypat
 
     monkeypatch.setenv("T2I_SMOKE", "1")
     torch.set_num_threads(1)
-    config = CompareConfig(families=("gan", "gan:contrastive_weight=1.0", "diffusion:objective=flow"), minutes=5.0,
+    config = CompareConfig(families=("gan", "gan:contrastive_weight=1.0", "diffusion:objective=flow", "baseline:flip=naive"), minutes=5.0,
                            max_steps=2, eval_captions=8, device="cpu", sample_steps=2, batch_size=4, curve_points=1)
     result = compare_models(shapes.images_dir, shapes.train_json, tmp_path / "cmp", config)
     assert [r["model"] for r in result.rows] == list(config.families)
@@ -172,3 +175,4 @@ def test_compare_trains_variants_beside_their_family(shapes, tmp_path, monkeypat
     assert load_run(tmp_path / "cmp" / "gan").model_config.contrastive_weight == 0.0
     assert load_run(tmp_path / "cmp" / "diffusion_objective_flow").model_config.objective == "flow"
     assert result.rows[2]["generate_options"] == {"guidance": 3.0, "steps": 2}
+    assert json.loads((tmp_path / "cmp" / "baseline_flip_naive" / "config.json").read_text())["train"]["flip"] == "naive"

@@ -96,26 +96,51 @@ def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
     return [int(i) for i in picked]
 
 
-def model_variant(spec: str) -> tuple[str, Any]:
-    """``"gan"`` or ``"gan:contrastive_weight=1.0,diffaug_policy="`` -> (family, its tier config with
-    those fields). Values are read as JSON where they parse (numbers, true, lists), else as text."""
+# Training settings a variant may name beside its model's fields: "baseline:flip=naive".
+VARIANT_TRAIN_FIELDS = ("flip",)
+
+
+def _variant_items(spec: str) -> tuple[str, str, list[tuple[str, Any]]]:
+    """``"gan:a=1,b=[4, 8]"`` -> ("gan", "a=1,b=[4, 8]", [("a", 1), ("b", (4, 8))]); values as JSON where they parse."""
     family, _, fields = spec.partition(":")
-    try:
-        config = default_config(family)
-    except (KeyError, ValueError, T2IError):
-        raise T2IError(f"unknown model {family!r} in {spec!r}") from None
-    names = {f.name: f for f in dataclasses.fields(config)}
-    values = {}
+    items = []
     for item in filter(None, re.split(r",(?=\s*\w+=)", fields)):  # a comma inside [4, 8] is not a separator
         name, eq, text = item.partition("=")
-        if not eq or name not in names:
-            raise T2IError(f"{spec!r}: {item!r} is not FIELD=VALUE with a field of {type(config).__name__}")
+        if not eq:
+            items.append((item, None))
+            continue
         try:
             value = json.loads(text)
         except ValueError:
             value = text
-        values[name] = tuple(value) if isinstance(value, list) else value
+        items.append((name, tuple(value) if isinstance(value, list) else value))
+    return family, fields, items
+
+
+def model_variant(spec: str) -> tuple[str, Any]:
+    """``"gan"`` or ``"gan:contrastive_weight=1.0,diffaug_policy="`` -> (family, its tier config with
+    those fields). Values are read as JSON where they parse (numbers, true, lists), else as text.
+    Training settings of ``VARIANT_TRAIN_FIELDS`` (``flip=naive``) are left to :func:`variant_training`."""
+    family, _, items = _variant_items(spec)
+    try:
+        config = default_config(family)
+    except (KeyError, ValueError, T2IError):
+        raise T2IError(f"unknown model {family!r} in {spec!r}") from None
+    names = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for name, value in items:
+        if name in VARIANT_TRAIN_FIELDS and value is not None:
+            continue
+        if value is None or name not in names:
+            raise T2IError(f"{spec!r}: {name!r} is not FIELD=VALUE with a field of {type(config).__name__}"
+                           f" or one of {VARIANT_TRAIN_FIELDS}")
+        values[name] = value
     return family, dataclasses.replace(config, **values)
+
+
+def variant_training(spec: str) -> dict[str, Any]:
+    """The training settings a variant names (``"baseline:flip=naive"`` -> ``{"flip": "naive"}``)."""
+    return {name: value for name, value in _variant_items(spec)[2] if name in VARIANT_TRAIN_FIELDS}
 
 
 def _train_one(spec: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig,
@@ -127,7 +152,8 @@ def _train_one(spec: str, image_root: Path, train_ann: Path, run_dir: Path, conf
     slices = config.curve_points
     train_config = dataclasses.replace(tier_config(TrainConfig), steps=config.max_steps,
                                        max_minutes=minutes / slices, seed=config.seed, device=config.device,
-                                       text_model=config.text_model, checkpoint_every=0, sample_every=0)
+                                       text_model=config.text_model, checkpoint_every=0, sample_every=0,
+                                       **variant_training(spec))
     if config.batch_size is not None:
         train_config.batch_size = config.batch_size
     record = run_dir / "training.json"
@@ -320,5 +346,5 @@ def compare_models(image_root: str | Path, train_ann: str | Path, out_dir: str |
     return CompareResult(rows, table, json_path, table_path, figure_paths, curve_paths)
 
 
-__all__ = ["CompareConfig", "CompareResult", "compare_models", "model_variant", "curve_figure", "format_curves", "format_table",
+__all__ = ["CompareConfig", "CompareResult", "compare_models", "model_variant", "variant_training", "curve_figure", "format_curves", "format_table",
            "grid_captions"]

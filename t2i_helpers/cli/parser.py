@@ -185,7 +185,8 @@ def _evaluate_commands(sub: Any, handlers: dict) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the runs, results.md/json and the figure")
     p.add_argument("--models", nargs="+", default=["baseline", "gan", "diffusion"], metavar="MODEL",
                    help=f"families ({', '.join(FAMILY_NAMES)}) or variants FAMILY:FIELD=VALUE,..., e.g. "
-                        "gan:contrastive_weight=1.0 diffusion:objective=v diffusion:read_weight=0.1")
+                        "gan:contrastive_weight=1.0 diffusion:objective=v diffusion:read_weight=0.1, "
+                        "or the training setting flip: baseline:flip=naive")
     p.add_argument("--minutes", type=positive_float, help="training time per model (default 10; smoke mode 0.1)")
     p.add_argument("--minutes-for", nargs="+", metavar="MODEL=MIN", help="per-model budgets, e.g. diffusion=6 gan=2")
     p.add_argument("--max-steps", type=positive_int, help="upper bound on steps per model")
