@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator
 from dataclasses import dataclass
 
@@ -123,12 +123,6 @@ class TextEncoder(nn.Module):
         return out
 
     # -- encoding ------------------------------------------------------------------------------
-    def _encode_batch(self, captions: list[str]) -> TextFeatures:
-        # Always pad to max_length: with "longest" padding a caption's vector moved by ~1e-6 with the
-        # other captions in its batch, so cached embeddings (and everything trained on them) depended
-        # on what had been encoded together.
-        return self._encode_tokens(self.tokenize(captions, padding="max_length"))
-
     def _encode_tokens(self, inputs: dict[str, Tensor]) -> TextFeatures:
         hidden = self.bert(**inputs).last_hidden_state  # [B, max_length, D]
         mask = inputs["attention_mask"].bool()
@@ -142,7 +136,9 @@ class TextEncoder(nn.Module):
         return TextFeatures(pooled.float(), hidden.float(), mask)
 
     def _encode_frozen(self, inputs: dict[str, Tensor]) -> TextFeatures:
-        with torch.no_grad():  # grad mode is per thread: a worker thread must set it itself
+        # No graph (plain no_grad, not inference_mode, so the outputs may still feed a trainable
+        # layer). Grad mode is per thread, so each call sets it itself, in a worker thread too.
+        with torch.no_grad():
             return self._encode_tokens(inputs)
 
     def encode(self, captions: Sequence[str], batch_size: int | None = None) -> TextFeatures:
@@ -156,21 +152,22 @@ class TextEncoder(nn.Module):
             raise T2IError("no captions to encode")
         size = int(batch_size or self.config.batch_size)
         order = sorted(range(len(captions)), key=lambda i: len(captions[i]))
-        # Frozen: no graph (plain no_grad, not inference_mode, so the outputs may still feed a
-        # trainable layer). Trainable: follow the caller's grad mode.
-        batches = [[captions[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
-        # A frozen encoder on the CPU runs one batch per thread, each batch on one thread (see
-        # one_cpu_thread): the same numbers as one after the other, in about half the time on 2 cores.
-        workers = min(torch.get_num_threads(), len(batches)) if self.device.type == "cpu" else 1
-        if self.config.trainable or workers < 2:
-            grad = nullcontext() if self.config.trainable else torch.no_grad()
-            with grad, one_cpu_thread(self.device):
-                parts = [self._encode_batch(batch) for batch in batches]
-        else:
-            # The fast tokenizer is not safe to share between threads: tokenize here, encode there.
-            inputs = [self.tokenize(batch, padding="max_length") for batch in batches]
-            with one_cpu_thread(self.device), ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(self._encode_frozen, inputs))
+        # Always pad to max_length: with "longest" padding a caption's vector moved by ~1e-6 with the
+        # other captions in its batch, so cached embeddings depended on what was encoded together.
+        # The fast tokenizer is not safe to share between threads, so every batch is tokenized here.
+        inputs = [self.tokenize([captions[i] for i in order[start : start + size]], padding="max_length")
+                  for start in range(0, len(order), size)]
+        # Trainable: follow the caller's grad mode. Frozen, on the CPU: one batch per torch thread, each
+        # batch on one thread (one_cpu_thread), the same numbers as one after the other in about half
+        # the time on 2 cores.
+        encode = self._encode_tokens if self.config.trainable else self._encode_frozen
+        workers = min(torch.get_num_threads(), len(inputs)) if self.device.type == "cpu" else 1
+        with one_cpu_thread(self.device):
+            if self.config.trainable or workers < 2:
+                parts = [encode(batch) for batch in inputs]
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    parts = list(pool.map(encode, inputs))
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
         inverse = inverse.to(parts[0].pooled.device)
