@@ -100,47 +100,42 @@ def grid_captions(data: Any, n: int = 8, seed: int = 0) -> list[int]:
 VARIANT_TRAIN_FIELDS = ("flip",)
 
 
-def _variant_items(spec: str) -> tuple[str, str, list[tuple[str, Any]]]:
-    """``"gan:a=1,b=[4, 8]"`` -> ("gan", "a=1,b=[4, 8]", [("a", 1), ("b", (4, 8))]); values as JSON where they parse."""
+def _variant_items(spec: str) -> tuple[str, list[tuple[str, Any]]]:
+    """``"gan:a=1,b=[4, 8]"`` -> ("gan", [("a", 1), ("b", (4, 8))]): values as JSON where they parse, else as text."""
     family, _, fields = spec.partition(":")
     items = []
     for item in filter(None, re.split(r",(?=\s*\w+=)", fields)):  # a comma inside [4, 8] is not a separator
         name, eq, text = item.partition("=")
         if not eq:
-            items.append((item, None))
-            continue
+            raise T2IError(f"{spec!r}: {item!r} is not FIELD=VALUE")
         try:
             value = json.loads(text)
         except ValueError:
             value = text
         items.append((name, tuple(value) if isinstance(value, list) else value))
-    return family, fields, items
+    return family, items
 
 
 def model_variant(spec: str) -> tuple[str, Any]:
     """``"gan"`` or ``"gan:contrastive_weight=1.0,diffaug_policy="`` -> (family, its tier config with
     those fields). Values are read as JSON where they parse (numbers, true, lists), else as text.
     Training settings of ``VARIANT_TRAIN_FIELDS`` (``flip=naive``) are left to :func:`variant_training`."""
-    family, _, items = _variant_items(spec)
+    family, items = _variant_items(spec)
     try:
         config = default_config(family)
     except (KeyError, ValueError, T2IError):
         raise T2IError(f"unknown model {family!r} in {spec!r}") from None
     names = {f.name for f in dataclasses.fields(config)}
-    values = {}
-    for name, value in items:
-        if name in VARIANT_TRAIN_FIELDS and value is not None:
-            continue
-        if value is None or name not in names:
-            raise T2IError(f"{spec!r}: {name!r} is not FIELD=VALUE with a field of {type(config).__name__}"
-                           f" or one of {VARIANT_TRAIN_FIELDS}")
-        values[name] = value
-    return family, dataclasses.replace(config, **values)
+    unknown = [name for name, _ in items if name not in names and name not in VARIANT_TRAIN_FIELDS]
+    if unknown:
+        raise T2IError(f"{spec!r}: {unknown[0]!r} is not FIELD=VALUE with a field of {type(config).__name__}"
+                       f" or one of {VARIANT_TRAIN_FIELDS}")
+    return family, dataclasses.replace(config, **{name: value for name, value in items if name in names})
 
 
 def variant_training(spec: str) -> dict[str, Any]:
     """The training settings a variant names (``"baseline:flip=naive"`` -> ``{"flip": "naive"}``)."""
-    return {name: value for name, value in _variant_items(spec)[2] if name in VARIANT_TRAIN_FIELDS}
+    return {name: value for name, value in _variant_items(spec)[1] if name in VARIANT_TRAIN_FIELDS}
 
 
 def _train_one(spec: str, image_root: Path, train_ann: Path, run_dir: Path, config: CompareConfig,
